@@ -1,0 +1,339 @@
+"""Typed run configuration: frozen dataclasses, YAML presets, dotted ``key.sub=value`` overrides.
+
+Every field carries its allowed range in its metadata, so a bad value fails before training with
+one message naming the key, the value and what is allowed. Method sections are validated by the
+method's own ``Config`` dataclass (see ``lddyn.methods``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config key with a value outside what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        super().__init__(f"config key {key!r} has value {value!r}; allowed: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+# --- field helpers: a default plus a check that returns an "allowed" text when it fails -------------
+
+Check = Callable[[Any], bool]
+
+
+def _f(default: Any, check: Check | None = None, allowed: str = "", **kw: Any) -> Any:
+    meta = {"check": check, "allowed": allowed}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def positive(default: float) -> Any:
+    return _f(default, lambda v: v > 0, "> 0")
+
+
+def non_negative(default: float) -> Any:
+    return _f(default, lambda v: v >= 0, ">= 0")
+
+
+def at_least(default: float, lo: float) -> Any:
+    return _f(default, lambda v: v >= lo, f">= {lo}")
+
+
+def unit_open_closed(default: float) -> Any:
+    return _f(default, lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def unit_closed(default: float) -> Any:
+    return _f(default, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def one_of(default: str, *choices: str) -> Any:
+    return _f(default, lambda v: v in choices, " | ".join(choices))
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = one_of("digits", "digits")
+    root: str | None = None
+    num_max: int = at_least(40, 1)  # N1: labeled count of the head class
+    num_max_u: int = non_negative(80)  # M1: extra unlabeled count of the head class
+    imb_ratio: float = at_least(20.0, 1.0)  # gamma_l
+    imb_ratio_u: float = at_least(20.0, 1.0)  # gamma_u
+    reverse_unlabeled: bool = False  # reverse the per-class extra unlabeled counts (tail-heavy U)
+    test_per_class: int = at_least(50, 1)
+    shuffle_within_class: bool = True  # False = file order, as the reference does for CIFAR-10/STL-10
+    data_seed: int = 0
+    flip: bool = False  # horizontal flips (off for digits, whose classes are not mirror-symmetric)
+    ra_n: int = non_negative(3)
+    ra_m: float = _f(4.0, lambda v: 0 <= v <= 30, "in [0, 30]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = one_of("cnn", "cnn", "mlp", "wrn28_2")
+    width: int = at_least(32, 1)
+    norm: str = one_of("batch", "batch", "layer", "none")
+    bn_momentum: float = unit_closed(0.1)
+    bn_eps: float = positive(1e-5)
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    batch_size: int = at_least(32, 1)  # labeled B
+    uratio: int = at_least(2, 0)  # mu: unlabeled batch = mu * B
+    num_strong: int = at_least(2, 1)  # strong views per unlabeled image
+    tau: float = unit_closed(0.0)  # confidence threshold of the pseudo-label mask
+    hard_label: bool = False  # one-hot pseudo-targets instead of soft ones
+    temperature: float = positive(1.0)
+    lambda_u: float = non_negative(1.0)
+    pseudo_label_mode: str = one_of("train", "train", "eval")  # model mode of the weak-view forward
+    separate_bn_batches: bool = True  # forward labeled and each strong view as separate BN batches
+    baseline_value: float = 0.0  # colour k of the baseline image, in normalised space
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = one_of("adam", "adam", "sgd")
+    lr: float = positive(0.0015)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = unit_closed(0.9)
+    nesterov: bool = True
+    weight_decay: float = non_negative(0.0)  # coupled decay inside the optimiser
+    ema_weight_decay: float = non_negative(0.04)  # decoupled: state *= 1 - wd * lr after each step
+    schedule: str = one_of("constant", "constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = at_least(1500, 1)
+    seed: int = 0
+    ema: float = unit_closed(0.999)
+    eval_every: int = at_least(100, 1)
+    checkpoint_every: int = at_least(250, 1)
+    log_every: int = at_least(10, 1)
+    device: str = "cpu"
+    threads: int = non_negative(0)  # 0 = torch's default
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    baseline: bool = False
+    every: int = at_least(25, 1)
+    colors: tuple[float, ...] = (0.0, 1.0)  # baseline colours k, in normalised space
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's typed config; ``name`` selects the plug-in."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "digits-dytrim"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    ssl: SSLConfig = SSLConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    methods: tuple[MethodConfig, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --- building and validation ------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, value, f"a list of {_type_name(args[0])}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(key, value, f"a list of {len(args)} values")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, "a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(key, value, "a string")
+        return str(value)
+    return value
+
+
+def build_section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Build a frozen dataclass from a mapping, checking keys, types and ranges."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(prefix.rstrip("."), values, "a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], f"one of the keys {sorted(fields)}")
+    kwargs = {}
+    for name, raw in values.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build_section(tp, raw, f"{key}.")
+            continue
+        value = _coerce(key, raw, tp)
+        check = fields[name].metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(key, raw, fields[name].metadata["allowed"])
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def build_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested mapping (a loaded preset with overrides applied) into a RunConfig."""
+    from lddyn.methods import build_method_configs  # methods register their own config classes
+
+    raw = dict(raw)
+    methods = build_method_configs(raw.pop("methods", []) or [])
+    cfg = build_section(RunConfig, raw, "")
+    cfg = dataclasses.replace(cfg, methods=methods)
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: RunConfig) -> None:
+    if cfg.train.device != "cpu" and not cfg.train.device.startswith("cuda"):
+        raise ConfigError("train.device", cfg.train.device, "cpu | cuda | cuda:N")
+
+
+# --- presets and overrides --------------------------------------------------------------------------
+
+
+def preset_names(directory: Path = PRESET_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.rglob("*.yaml"))
+
+
+def preset_path(name_or_path: str, directory: Path = PRESET_DIR) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    matches = sorted(directory.rglob(f"{name_or_path}.yaml"))
+    if not matches:
+        raise ConfigError("preset", name_or_path, f"one of {preset_names(directory)} or a YAML file path")
+    return matches[0]
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = preset_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("preset", str(path), "a YAML mapping at the top level")
+    raw.setdefault("preset", path.stem)
+    return raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place. Methods are addressed by name: ``methods.cdmad.x``.
+
+    ``methods=cdmad,dytrim`` replaces the method list with those methods at their defaults.
+    """
+    if "=" not in assignment:
+        raise ConfigError("--set", assignment, "key.sub=value")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text else ""
+    parts = key.strip().split(".")
+    if parts[0] == "methods":
+        _override_method(raw, parts[1:], value, key)
+        return
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, value, f"{part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _override_method(raw: dict[str, Any], parts: list[str], value: Any, key: str) -> None:
+    if not parts:
+        names = value.split(",") if isinstance(value, str) else list(value or [])
+        raw["methods"] = [{"name": n.strip()} for n in names if str(n).strip()]
+        return
+    methods = raw.setdefault("methods", [])
+    entry = next((m for m in methods if m.get("name") == parts[0]), None)
+    if entry is None:
+        present = [m.get("name") for m in methods]
+        raise ConfigError(key, value, f"a method in the run's list {present}")
+    if len(parts) != 2:
+        raise ConfigError(key, value, "methods.NAME.key=value")
+    entry[parts[1]] = value
+
+
+def load_config(preset: str = "digits-dytrim", overrides: list[str] | None = None) -> RunConfig:
+    raw = load_preset(preset)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return build_config(raw)

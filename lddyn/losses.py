@@ -1,0 +1,73 @@
+"""Per-sample loss terms: the common currency of the training step, the methods and the dynamics.
+
+A step's loss is ``L = sum over terms of sum_b weight_b * CE(logits_b + offset, targets_b) / norm``.
+Terms stay unreduced until the very end so that the dynamics recorder can split the logit gradient
+G = dL/dz by term, source class, pseudo-label correctness and pruning status, and so that methods
+reshape a step by editing fields (targets, weights, logit offsets) rather than rewriting the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Pruning status codes carried per sample (the `status` column of the dynamics tables).
+KEPT, RESCALED, PRUNED = 0, 1, 2
+STATUS_NAMES = {KEPT: "kept", RESCALED: "rescaled", PRUNED: "pruned"}
+
+
+@dataclass
+class LossTerm:
+    """One named loss term over a batch of samples.
+
+    Shapes: N samples, C classes. ``logits`` come from the training forward and carry the graph.
+    ``weight`` holds every per-sample factor (confidence mask, class weights, 1/r rescaling);
+    ``norm`` is the batch normaliser, so a plain mean has weight 1 and norm N.
+    """
+
+    name: str
+    logits: Tensor  # (N, C), requires grad
+    targets: Tensor  # (N, C) soft targets, rows sum to 1 (one-hot for labels)
+    weight: Tensor  # (N,)
+    norm: float
+    index: Tensor  # (N,) dataset index of each sample in its own set
+    source_class: Tensor  # (N,) true label (labeled) or pseudo-label argmax (unlabeled)
+    true_class: Tensor  # (N,) true label, -1 when unknown
+    status: Tensor  # (N,) KEPT / RESCALED / PRUNED
+    logit_offset: Tensor | None = None  # (C,) or (N, C) added to the logits inside the loss only
+    labeled: bool = True
+
+    def loss_logits(self) -> Tensor:
+        """Logits as the loss sees them (after any logit adjustment)."""
+        return self.logits if self.logit_offset is None else self.logits + self.logit_offset
+
+    def unweighted(self) -> Tensor:
+        """Per-sample soft cross-entropy, shape (N,), before weights and normaliser."""
+        return -(self.targets * F.log_softmax(self.loss_logits(), dim=-1)).sum(-1)
+
+    def per_sample(self) -> Tensor:
+        """Per-sample contribution ell_b to the total loss, shape (N,)."""
+        return self.weight * self.unweighted() / self.norm
+
+    def loss(self) -> Tensor:
+        return self.per_sample().sum()
+
+    def with_(self, **changes: object) -> LossTerm:
+        return replace(self, **changes)
+
+    @property
+    def correct(self) -> Tensor:
+        """Pseudo-label correctness per sample: 1 correct, 0 wrong, -1 unknown or labeled."""
+        out = torch.full_like(self.source_class, -1)
+        if self.labeled:
+            return out
+        known = self.true_class >= 0
+        out[known] = (self.source_class[known] == self.true_class[known]).to(out.dtype)
+        return out
+
+
+def total_loss(terms: list[LossTerm]) -> Tensor:
+    return torch.stack([t.loss() for t in terms]).sum()

@@ -1,0 +1,30 @@
+"""EMA of the student over parameters *and* buffers, with the reference's decoupled weight decay.
+
+After every optimiser step: ema <- a * ema + (1 - a) * student for each float state entry, then the
+student's float entries (BN running statistics included) are multiplied by (1 - wd * lr).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lddyn.train.events import Callback
+from lddyn.train.optim import current_lr
+
+
+class EMA(Callback):
+    name = "ema"
+
+    @torch.no_grad()
+    def on_step_end(self, trainer, ctx, terms) -> None:  # noqa: ANN001
+        decay, wd = trainer.cfg.train.ema, trainer.cfg.optim.ema_weight_decay
+        shrink = 1.0 - wd * current_lr(trainer.optimizer)
+        student = trainer.model.state_dict()
+        for key, ema_value in trainer.ema_model.state_dict().items():
+            value = student[key]
+            if not value.dtype.is_floating_point:
+                ema_value.copy_(value)
+                continue
+            ema_value.mul_(decay).add_(value, alpha=1 - decay)
+            if wd:
+                value.mul_(shrink)
