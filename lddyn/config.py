@@ -69,7 +69,7 @@ def one_of(default: str, *choices: str) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = one_of("digits", "digits")
+    dataset: str = one_of("digits", "digits", "cifar10", "cifar100")
     root: str | None = None
     num_max: int = at_least(40, 1)  # N1: labeled count of the head class
     num_max_u: int = non_negative(80)  # M1: extra unlabeled count of the head class

@@ -23,7 +23,7 @@ EXPECTED = (ConfigError, RunDirError, CorruptPartError, FileNotFoundError, Value
 
 
 def fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -35,11 +35,12 @@ def run(
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/PRESET-TIME)"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a killed run from its checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
+    no_plot: bool = typer.Option(False, "--no-plot", help="skip the figures written at the end"),
 ) -> None:
     """Train, record and summarise one run (the digits DyTrim default with no arguments)."""
     try:
         if resume is not None:
-            trainer = resume_run(resume, progress=not quiet)
+            run_dir = resume_run(resume, progress=not quiet)
         else:
             overrides = list(set_)
             for name in probe:
@@ -49,11 +50,34 @@ def run(
             cfg = load_config(preset, overrides)
             run_dir = out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
             console.print(f"run directory: {run_dir}", highlight=False)
-            trainer = start_run(cfg, run_dir, progress=not quiet)
+            run_dir = start_run(cfg, run_dir, progress=not quiet)
+        print_summary(run_dir)
+        if not no_plot:
+            from lddyn.analysis.figures import plot_all
+
+            written = plot_all(run_dir, run_dir / "figures")
+            console.print(f"figures: {', '.join(str(p) for p in written if p.suffix == '.png')}", highlight=False)
+    except EXPECTED as exc:
+        fail(exc)
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(..., help="run directories"),
+    figure: str = typer.Option("recall", "--figure", "-f", help="figure name (see lddyn ls)"),
+    out: Path = typer.Option(Path("figures"), "--out", "-o", help="output folder"),
+) -> None:
+    """Draw one figure from one or more runs (PDF and PNG)."""
+    from lddyn.analysis.figures import FIGURES, save
+
+    if figure not in FIGURES:
+        fail(ConfigError("--figure", figure, " | ".join(FIGURES)))
+    try:
+        written = save(FIGURES[figure](runs), out / figure)
     except EXPECTED as exc:
         fail(exc)
         return
-    print_summary(trainer.run_dir)
+    console.print(" ".join(str(p) for p in written), highlight=False)
 
 
 def print_summary(run_dir: Path) -> None:

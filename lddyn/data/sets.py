@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lddyn.config import DataConfig
+from lddyn.data.cifar import CIFAR, load_cifar
 from lddyn.data.digits import balanced_holdout, load_digits_arrays
 from lddyn.data.longtail import longtail_counts, split_labeled_unlabeled
 
@@ -46,7 +48,38 @@ class SSLData:
 def build_data(cfg: DataConfig) -> SSLData:
     if cfg.dataset == "digits":
         return _digits(cfg)
-    raise ValueError(f"data.dataset={cfg.dataset!r} is not known; allowed: digits")
+    if cfg.dataset in CIFAR:
+        return _cifar(cfg)
+    raise ValueError(f"data.dataset={cfg.dataset!r} is not known; allowed: digits, {', '.join(CIFAR)}")
+
+
+def _cifar(cfg: DataConfig) -> SSLData:
+    x_train, y_train = load_cifar(cfg.dataset, cfg.root, "train")
+    x_test, y_test = load_cifar(cfg.dataset, cfg.root, "test")
+    num_classes = CIFAR[cfg.dataset]["classes"]
+    n_lb, n_extra = split_counts(cfg, num_classes)
+    lb_idx, ulb_idx = split_labeled_unlabeled(
+        y_train, n_lb, n_extra, shuffle=cfg.shuffle_within_class, seed=cfg.data_seed
+    )
+
+    def images(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).float().div_(255.0)
+
+    t = torch.from_numpy
+    return SSLData(
+        name=cfg.dataset,
+        x_lb=images(x_train[lb_idx]),
+        y_lb=t(y_train[lb_idx]),
+        x_ulb=images(x_train[ulb_idx]),
+        y_ulb=t(y_train[ulb_idx]),
+        x_test=images(x_test),
+        y_test=t(y_test),
+        num_classes=num_classes,
+        mean=CIFAR[cfg.dataset]["mean"],
+        std=CIFAR[cfg.dataset]["std"],
+        lb_index=t(lb_idx),
+        ulb_index=t(ulb_idx),
+    )
 
 
 def split_counts(cfg: DataConfig, num_classes: int) -> tuple[list[int], list[int]]:

@@ -112,7 +112,7 @@ def read_table(run_dir: str | Path, table: str) -> pd.DataFrame:
         try:
             frames.append(pq.read_table(path).to_pandas())
         except Exception as exc:  # pyarrow raises several types for damaged files
-            raise CorruptPartError(f"cannot read part file {path}: {exc}") from exc
+            raise CorruptPartError(f"part file {path} is truncated or corrupt: {exc}") from exc
     if not frames:
         return pd.DataFrame()
     frame = pd.concat(frames, ignore_index=True)

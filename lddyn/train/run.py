@@ -45,7 +45,7 @@ def _fit(trainer: Trainer) -> Trainer:
 
 def start_run(
     cfg: RunConfig, run_dir: str | Path, *, extra: Sequence[Callback] = (), progress: bool = True
-) -> Trainer:
+) -> Path:
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirError(f"run directory {run_dir} is not empty; resume it with --resume {run_dir}")
@@ -53,18 +53,23 @@ def start_run(
     seeds = {"seed": cfg.train.seed, "data_seed": cfg.data.data_seed}
     write_json_atomic(run_dir / "run.json", new_run_json(cfg.to_dict(), seeds))
     trainer = Trainer(cfg, run_dir, build_callbacks(cfg, extra, progress))
-    return _fit(trainer)
+    return _fit(trainer).run_dir
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     return build_config(read_run_json(run_dir)["config"])
 
 
-def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress: bool = True) -> Trainer:
-    """Continue a killed or failed run from its last checkpoint; rows past it are dropped first."""
+def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress: bool = True) -> Path:
+    """Continue a killed or failed run from its last checkpoint; rows past it are dropped first.
+
+    A finished run is left as it is, so resuming is safe to repeat (as sweeps do).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
+    if read_run_json(run_dir).get("status") == "finished":
+        return run_dir
     cfg = load_run_config(run_dir)
     trainer = Trainer(cfg, run_dir, build_callbacks(cfg, extra, progress))
     trainer.sink.check_parts()
@@ -77,4 +82,4 @@ def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress:
         load_trainer_state(trainer, ckpt)
     trainer.sink.truncate_after(trainer.state.step)
     set_status(run_dir, "running", resumed_from=trainer.state.step)
-    return _fit(trainer)
+    return _fit(trainer).run_dir

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lddyn.data.augment import AugmentConfig, Augmenter
 from torch import Tensor
 
 from lddyn.config import RunConfig
-from lddyn.data.augment import AugmentConfig, Augmenter
 from lddyn.data.samplers import IndexStream, RandomPasses
 from lddyn.data.sets import SSLData, build_data
 from lddyn.losses import LossTerm, total_loss

@@ -1,0 +1,29 @@
+"""The shared look of every figure: seaborn's colour-blind palette, small paper-style fonts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+from matplotlib.figure import Figure
+
+
+def apply_theme() -> None:
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+
+
+def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, list[plt.Axes]]:
+    apply_theme()
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.pdf`` and ``stem.png``; returns both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+    return paths
