@@ -25,8 +25,12 @@ def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.Comp
     """Run ``lddyn ARGS`` as a user would, in a subprocess; returns the completed process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "lddyn.cli.main", *args], capture_output=True, text=True, timeout=timeout,
-        env=env, cwd=ROOT,
+        [sys.executable, "-m", "lddyn.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"lddyn {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

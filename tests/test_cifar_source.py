@@ -36,8 +36,16 @@ def test_reads_original_format_in_file_order(tmp_path: Path) -> None:
 
 def test_reference_split_on_tiny_cifar(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
-    cfg = load_config("reference", [f"data.root={tmp_path}", "data.num_max=10", "data.num_max_u=5",
-                                    "data.imb_ratio=10", "data.imb_ratio_u=10"])
+    cfg = load_config(
+        "reference",
+        [
+            f"data.root={tmp_path}",
+            "data.num_max=10",
+            "data.num_max_u=5",
+            "data.imb_ratio=10",
+            "data.imb_ratio_u=10",
+        ],
+    )
     data = build_data(cfg.data)
     assert data.class_counts("labeled").tolist() == [10, 7, 5, 4, 3, 2, 2, 1, 1, 1]
     assert data.class_counts("unlabeled").tolist() == [15, 10, 7, 6, 4, 3, 3, 1, 1, 1]

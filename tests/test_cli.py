@@ -75,8 +75,21 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     cli("run", "--probe", "baseline", "--out", str(full), "-q", *args)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lddyn.cli.main", "run", "--probe", "baseline", "--out", str(killed), "-q", *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "lddyn.cli.main",
+            "run",
+            "--probe",
+            "baseline",
+            "--out",
+            str(killed),
+            "-q",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not list(killed.glob("metrics/part-*-000000040*.parquet")) and time.time() < deadline:

@@ -16,7 +16,9 @@ def test_every_preset_loads() -> None:
 
 
 def test_overrides_reach_sections_and_methods() -> None:
-    cfg = load_config("digits-dytrim", ["train.steps=7", "methods.dytrim.keep_rate=0.5", "ssl.hard_label=true"])
+    cfg = load_config(
+        "digits-dytrim", ["train.steps=7", "methods.dytrim.keep_rate=0.5", "ssl.hard_label=true"]
+    )
     assert cfg.train.steps == 7 and cfg.ssl.hard_label is True
     assert [m.name for m in cfg.methods] == ["cdmad", "dytrim"]
     assert cfg.methods[1].keep_rate == 0.5

@@ -48,7 +48,9 @@ def test_step_imbalance() -> None:
     assert longtail_counts(100, 10, 4, kind="step") == [100, 100, 10, 10]
 
 
-@pytest.mark.parametrize(("args", "word"), [((10, 0.5, 10), "ratio"), ((-1, 10, 10), "n_max"), ((10, 10, 0), "num_classes")])
+@pytest.mark.parametrize(
+    ("args", "word"), [((10, 0.5, 10), "ratio"), ((-1, 10, 10), "n_max"), ((10, 10, 0), "num_classes")]
+)
 def test_bad_arguments_name_the_value(args: tuple, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         longtail_counts(*args)

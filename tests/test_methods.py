@@ -16,13 +16,17 @@ from lddyn.train.trainer import Trainer
 
 
 def make_trainer(tmp_path: Path, methods: str, *extra: str) -> Trainer:
-    cfg = load_config("digits-fixmatch", [f"methods={methods}", "train.steps=50", "ssl.batch_size=16", *extra])
+    cfg = load_config(
+        "digits-fixmatch", [f"methods={methods}", "train.steps=50", "ssl.batch_size=16", *extra]
+    )
     return Trainer(cfg, tmp_path)
 
 
 def context(trainer: Trainer, step: int = 10) -> StepContext:
     trainer.model.train()
-    return StepContext(step, float(step - 1), trainer.cfg.train.steps, trainer.model, trainer.student_baseline_logits)
+    return StepContext(
+        step, float(step - 1), trainer.cfg.train.steps, trainer.model, trainer.student_baseline_logits
+    )
 
 
 def test_cdmad_pseudo_targets_subtract_baseline_logits(tmp_path: Path) -> None:
@@ -118,7 +122,9 @@ def test_logit_adjust_shifts_loss_logits(tmp_path: Path) -> None:
     adjusted = tr.methods[0].reshape_losses(ctx, terms)
     prior = tr.data.class_counts("labeled").double() / tr.data.class_counts("labeled").sum()
     sup = adjusted[0]
-    torch.testing.assert_close(sup.loss_logits() - sup.logits, (1.5 * prior.log()).float().expand_as(sup.logits))
+    torch.testing.assert_close(
+        sup.loss_logits() - sup.logits, (1.5 * prior.log()).float().expand_as(sup.logits)
+    )
     assert adjusted[1].logit_offset is None  # only the configured terms
     grad = torch.autograd.grad(sup.loss(), sup.logits)[0]
     expect = (torch.softmax(sup.logits + 1.5 * prior.log().float(), -1) - sup.targets) / sup.norm

@@ -21,7 +21,7 @@ def test_recall_bacc_gm_by_hand() -> None:
 
 def test_gm_zero_recall_floor() -> None:
     recall = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-    assert math.isclose(geometric_mean(recall), 0.001 ** 0.1)
+    assert math.isclose(geometric_mean(recall), 0.001**0.1)
 
 
 def test_shot_groups_and_summary() -> None:

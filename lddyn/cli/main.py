@@ -56,7 +56,9 @@ def run(
             from lddyn.analysis.figures import plot_all
 
             written = plot_all(run_dir, run_dir / "figures")
-            console.print(f"figures: {', '.join(str(p) for p in written if p.suffix == '.png')}", highlight=False)
+            console.print(
+                f"figures: {', '.join(str(p) for p in written if p.suffix == '.png')}", highlight=False
+            )
     except EXPECTED as exc:
         fail(exc)
 

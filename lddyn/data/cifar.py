@@ -53,11 +53,16 @@ def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray,
     try:
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="bytes")
-        data, labels = np.asarray(entry[b"data"], dtype=np.uint8), np.asarray(entry[label_key], dtype=np.int64)
+        data, labels = (
+            np.asarray(entry[b"data"], dtype=np.uint8),
+            np.asarray(entry[label_key], dtype=np.int64),
+        )
     except Exception as exc:
         raise DataFileError(f"{path} is not a readable CIFAR pickle batch: {exc}") from exc
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataFileError(f"{path}: expected data (N, 3072) with N labels, got {data.shape} and {len(labels)}")
+        raise DataFileError(
+            f"{path}: expected data (N, 3072) with N labels, got {data.shape} and {len(labels)}"
+        )
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
         raise DataFileError(f"{path}: labels outside 0..{classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels

@@ -16,7 +16,7 @@ from lddyn.data.longtail import longtail_counts, split_labeled_unlabeled
 
 @dataclass
 class SSLData:
-    """Images in [0, 1] as (N, C, H, W) float tensors; true unlabeled labels kept for analysis (-1 = unknown)."""
+    """Images in [0, 1] as (N, C, H, W) floats; true unlabeled labels kept for analysis (-1 = unknown)."""
 
     name: str
     x_lb: Tensor

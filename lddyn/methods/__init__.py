@@ -32,4 +32,12 @@ def build_methods(configs: Sequence[MethodConfig], info: RunInfo) -> list[Method
     return [METHODS.get(c.name)(c, info) for c in configs]
 
 
-__all__ = ["METHODS", "EvalContext", "Method", "RunInfo", "StepContext", "build_method_configs", "build_methods"]
+__all__ = [
+    "METHODS",
+    "EvalContext",
+    "Method",
+    "RunInfo",
+    "StepContext",
+    "build_method_configs",
+    "build_methods",
+]

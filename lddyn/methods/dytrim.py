@@ -107,8 +107,12 @@ class DyTrim(Method):
         return len(self.scores_ulb) / stream.pool_size
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores_lb": self.scores_lb, "scores_ulb": self.scores_ulb, "prior": self.prior,
-                "progress": self.progress}
+        return {
+            "scores_lb": self.scores_lb,
+            "scores_ulb": self.scores_ulb,
+            "prior": self.prior,
+            "progress": self.progress,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores_lb, self.scores_ulb = state["scores_lb"], state["scores_ulb"]

@@ -80,9 +80,17 @@ class BaselineProbe(Callback):
         self.pseudo_counts = state.get("pseudo_counts")
 
 
-def _class_rows(step: int, source: str, color: float, prob: Tensor, logits: Tensor | None) -> list[dict[str, Any]]:
+def _class_rows(
+    step: int, source: str, color: float, prob: Tensor, logits: Tensor | None
+) -> list[dict[str, Any]]:
     return [
-        dict(step=step, source=source, color=float(color), cls=c, prob=float(p),
-             logit=float(logits[c]) if logits is not None else float("nan"))
+        dict(
+            step=step,
+            source=source,
+            color=float(color),
+            cls=c,
+            prob=float(p),
+            logit=float(logits[c]) if logits is not None else float("nan"),
+        )
         for c, p in enumerate(prob.tolist())
     ]

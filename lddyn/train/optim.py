@@ -10,7 +10,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from lddyn.config import OptimConfig
 
 
-def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+def build_optimizer(
+    cfg: OptimConfig, model: torch.nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(
@@ -18,7 +20,10 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, total_steps: int) 
         )
     else:
         opt = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay,
         )
     if cfg.schedule == "cosine":  # FixMatch's cos(7 pi k / (16 K)) decay

@@ -128,7 +128,9 @@ class Trainer:
     def train_step(self) -> tuple[StepContext, list[LossTerm]]:
         step = self.state.step + 1
         self.model.train()
-        ctx = StepContext(step, self.state.progress, self.cfg.train.steps, self.model, self.student_baseline_logits)
+        ctx = StepContext(
+            step, self.state.progress, self.cfg.train.steps, self.model, self.student_baseline_logits
+        )
         self.dispatch("step_start", ctx)
         terms = fixmatch_terms(self, ctx)
         for method in self.methods:

@@ -15,7 +15,9 @@ from lddyn.sinks.parquet import read_table
 
 def kl_to_prior(frame: pd.DataFrame, source: str, color: float) -> pd.Series:
     """KL(pi_source(I) || labeled prior) per step."""
-    probs = frame[(frame.source == source) & (frame.color == color)].pivot(index="step", columns="cls", values="prob")
+    probs = frame[(frame.source == source) & (frame.color == color)].pivot(
+        index="step", columns="cls", values="prob"
+    )
     prior = frame[frame.source == "labeled_prior"].groupby("cls").prob.first().reindex(probs.columns)
     p = probs.to_numpy()
     return pd.Series((p * np.log(p / prior.to_numpy())).sum(1), index=probs.index, name="kl")

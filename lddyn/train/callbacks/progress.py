@@ -33,9 +33,14 @@ class ProgressDisplay(Callback):
         self.t0, self.start_step = time.perf_counter(), trainer.state.step
         if self.console.is_terminal:
             self.bar = Progress(
-                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                TextColumn("{task.fields[info]}"), TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self.bar.start()
             self.task = self.bar.add_task("train", total=trainer.cfg.train.steps, info="", rate="")
@@ -50,15 +55,21 @@ class ProgressDisplay(Callback):
         if self.bar is not None:
             if step % 5 == 0 or trainer.finished:
                 info = describe(step_quantities(trainer, ctx, terms))
-                self.bar.update(self.task, completed=trainer.state.progress, info=info,
-                                rate=f"{self._rate(trainer):.1f} it/s")
+                self.bar.update(
+                    self.task,
+                    completed=trainer.state.progress,
+                    info=info,
+                    rate=f"{self._rate(trainer):.1f} it/s",
+                )
             return
         every = max(total // self.lines, 1)
         if step % every == 0 or trainer.finished:
             rate = self._rate(trainer)
             eta = (total - trainer.state.progress) / max(rate, 1e-9)
             info = describe(step_quantities(trainer, ctx, terms))
-            self.console.print(f"step {step}/{total} {info} {rate:.1f} it/s eta {eta:.0f}s", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"step {step}/{total} {info} {rate:.1f} it/s eta {eta:.0f}s", highlight=False, soft_wrap=True
+            )
 
     def on_train_end(self, trainer) -> None:  # noqa: ANN001
         if self.bar is not None:

@@ -42,7 +42,9 @@ class TrainTable(Callback):
         trainer.sink.add("train", rows)
 
 
-def pruning_rows(step: int, which: str, stream, labels: torch.Tensor, num_classes: int) -> list[dict[str, Any]]:  # noqa: ANN001
+def pruning_rows(
+    step: int, which: str, stream, labels: torch.Tensor, num_classes: int
+) -> list[dict[str, Any]]:  # noqa: ANN001
     """Per class: kept in the current pool, total in the set, mean loss weight of the kept."""
     labels = labels.cpu()
     pool = getattr(stream, "order", None)
@@ -53,7 +55,9 @@ def pruning_rows(step: int, which: str, stream, labels: torch.Tensor, num_classe
         in_class = labels[pool] == c
         kept = int(in_class.sum())
         mean_w = float(weight[pool][in_class].mean()) if kept else float("nan")
-        rows.append(dict(step=step, set=which, cls=c, kept=kept, total=int((labels == c).sum()), mean_weight=mean_w))
+        rows.append(
+            dict(step=step, set=which, cls=c, kept=kept, total=int((labels == c).sum()), mean_weight=mean_w)
+        )
     return rows
 
 
