@@ -65,3 +65,10 @@ def test_round_trip_through_dict() -> None:
 
     cfg = load_config("digits-dytrim", ["probe.colors=[0.0, -1.0]"])
     assert build_config(cfg.to_dict()) == cfg
+
+
+def test_config_doc_is_in_sync() -> None:
+    from lddyn.config import config_markdown
+    from tests.conftest import ROOT
+
+    assert (ROOT / "docs" / "config.md").read_text() == config_markdown()
