@@ -14,7 +14,9 @@ from lddyn.sinks.runinfo import write_json_atomic
 def fake_run(root: Path, name: str, status: str, rows: list[dict]) -> Path:
     run = root / name
     run.mkdir(parents=True)
-    write_json_atomic(run / "run.json", {"status": status, "config": {"preset": "p", "methods": [{"name": "cdmad"}]}})
+    write_json_atomic(
+        run / "run.json", {"status": status, "config": {"preset": "p", "methods": [{"name": "cdmad"}]}}
+    )
     sink = ParquetSink(run)
     for row in rows:
         sink.add("metrics", [row])
