@@ -138,6 +138,26 @@ class ProbeConfig:
     colors: tuple[float, ...] = (0.0, 1.0)  # baseline colours k, in normalised space
 
 
+GROUPINGS = ("term", "source_class", "correct", "status")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """The dynamics recorder (``--record dynamics``): when, at which observations, split how."""
+
+    dynamics: bool = False
+    every: int = at_least(10, 1)  # record every N steps ...
+    dense_until: int = non_negative(0)  # ... and at every step up to this one
+    obs_per_class: int = non_negative(1)  # test images per class observed
+    baseline: bool = True  # observe the baseline image(s) of probe.colors
+    tracked: int = non_negative(0)  # training samples tracked per set (labeled, unlabeled), spread over classes
+    by: tuple[str, ...] = _f(
+        GROUPINGS, lambda v: set(v) <= set(GROUPINGS) and len(v) > 0, f"a non-empty subset of {GROUPINGS}"
+    )
+    per_sample_every: int = non_negative(0)  # exact per-sample contributions of tracked samples (0 = off)
+    realised: bool = True  # the optimiser's realised update, measured change and residual
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every method's typed config; ``name`` selects the plug-in."""
@@ -154,6 +174,7 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
+    record: RecordConfig = RecordConfig()
     methods: tuple[MethodConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

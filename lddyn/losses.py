@@ -39,6 +39,7 @@ class LossTerm:
     status: Tensor  # (N,) KEPT / RESCALED / PRUNED
     logit_offset: Tensor | None = None  # (C,) or (N, C) added to the logits inside the loss only
     labeled: bool = True
+    inputs: Tensor | None = None  # (N, ...) the (augmented) inputs the logits came from, for per-sample eNTKs
 
     def loss_logits(self) -> Tensor:
         """Logits as the loss sees them (after any logit adjustment)."""

@@ -32,6 +32,7 @@ def run(
     preset: str = typer.Option("digits-dytrim", "--preset", "-p", help="preset name or YAML path"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override, key.sub=value (repeatable)"),
     probe: list[str] = typer.Option([], "--probe", help="probes to attach: baseline"),
+    record: list[str] = typer.Option([], "--record", help="recorders to attach: dynamics"),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/PRESET-TIME)"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a killed run from its checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
@@ -47,6 +48,10 @@ def run(
                 if name != "baseline":
                     raise ConfigError("--probe", name, "baseline")
                 overrides.append("probe.baseline=true")
+            for name in record:
+                if name != "dynamics":
+                    raise ConfigError("--record", name, "dynamics")
+                overrides.append("record.dynamics=true")
             cfg = load_config(preset, overrides)
             run_dir = out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
             console.print(f"run directory: {run_dir}", highlight=False)

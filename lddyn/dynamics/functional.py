@@ -73,7 +73,9 @@ def logits_fn(model: nn.Module, state: Params | None = None) -> LogitsFn:
 
 
 @torch.no_grad()
-def eval_logits(model: nn.Module, x: Tensor, params: Params | None = None, state: Params | None = None) -> Tensor:
+def eval_logits(
+    model: nn.Module, x: Tensor, params: Params | None = None, state: Params | None = None
+) -> Tensor:
     """Observation logits (N, C) at explicit parameters/buffers, norm layers in eval mode."""
     params = trainable_params(model) if params is None else params
     with norm_eval(model):

@@ -30,26 +30,34 @@ class ParquetSink:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.buffers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.buffers: dict[str, list[pd.DataFrame]] = defaultdict(list)
 
     def add(self, table: str, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            if "step" not in row:
-                raise KeyError(f"row for table {table!r} has no 'step' column: {row}")
-        self.buffers[table].extend(rows)
+        """Buffer row records (dicts with the same keys, ``step`` among them)."""
+        if rows:
+            self.add_columns(table, pd.DataFrame(rows))
+
+    def add_columns(self, table: str, columns: dict[str, list] | pd.DataFrame) -> None:
+        """Buffer a block of rows given as columns (the cheap path for large tables)."""
+        frame = columns if isinstance(columns, pd.DataFrame) else pd.DataFrame(columns)
+        if "step" not in frame.columns:
+            raise KeyError(f"rows for table {table!r} have no 'step' column: {list(frame.columns)}")
+        if len(frame):
+            self.buffers[table].append(frame)
 
     def pending(self) -> int:
-        return sum(len(rows) for rows in self.buffers.values())
+        return sum(len(f) for frames in self.buffers.values() for f in frames)
 
     def flush(self) -> list[Path]:
-        written = [self._write(table, rows) for table, rows in self.buffers.items() if rows]
+        written = [self._write(table, frames) for table, frames in self.buffers.items() if frames]
         self.buffers.clear()
         return written
 
-    def _write(self, table: str, rows: list[dict[str, Any]]) -> Path:
-        frame = pd.DataFrame(rows)
+    def _write(self, table: str, frames: list[pd.DataFrame]) -> Path:
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         for col in frame.columns:
-            if frame[col].dtype == object and frame[col].map(lambda v: isinstance(v, str)).all():
+            values = frame[col].dropna()
+            if pd.api.types.is_string_dtype(frame[col]) and len(values) and values.map(type).eq(str).all():
                 frame[col] = frame[col].astype("category")
         arrow = pa.Table.from_pandas(frame, preserve_index=False)
         meta = {b"lddyn_schema_version": str(SCHEMA_VERSION).encode(), b"lddyn_table": table.encode()}

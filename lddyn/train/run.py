@@ -25,6 +25,10 @@ def build_callbacks(cfg: RunConfig, extra: Sequence[Callback] = (), progress: bo
     callbacks: list[Callback] = [EMA(), Evaluate(), TrainTable(), PruningTable()]
     if cfg.probe.baseline:
         callbacks.append(BaselineProbe())
+    if cfg.record.dynamics:
+        from lddyn.dynamics.recorder import DynamicsRecorder
+
+        callbacks.append(DynamicsRecorder())
     callbacks += list(extra)
     if progress:
         callbacks.append(ProgressDisplay())
@@ -80,6 +84,8 @@ def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress:
         except Exception as exc:
             raise RunDirError(f"checkpoint {ckpt_path} cannot be read: {exc}") from exc
         load_trainer_state(trainer, ckpt)
-    trainer.sink.truncate_after(trainer.state.step)
+        trainer.sink.truncate_after(trainer.state.step)
+    else:  # killed before its first checkpoint: start over, keeping no row
+        trainer.sink.truncate_after(-1)
     set_status(run_dir, "running", resumed_from=trainer.state.step)
     return _fit(trainer).run_dir

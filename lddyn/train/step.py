@@ -57,7 +57,9 @@ def fixmatch_terms(trainer: Trainer, ctx: StepContext) -> list[LossTerm]:
     targets, pseudo, mask = pseudo_targets(trainer, ctx, u_w)
     ctx.pseudo_label, ctx.mask = pseudo, mask
     logits_x, *logits_s = _forward_logits(trainer, [x_lb, *u_s])
-    return [_supervised(trainer, lb, logits_x), _consistency(trainer, ctx, torch.cat(logits_s), targets)]
+    sup = _supervised(trainer, lb, logits_x).with_(inputs=x_lb)
+    unsup = _consistency(trainer, ctx, torch.cat(logits_s), targets).with_(inputs=torch.cat(u_s))
+    return [sup, unsup]
 
 
 def _supervised(trainer: Trainer, lb, logits_x: Tensor) -> LossTerm:  # noqa: ANN001

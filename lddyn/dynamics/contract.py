@@ -1,0 +1,177 @@
+"""Kernel contractions over per-sample features, and the blocking that bounds their memory.
+
+Features are class-major (C classes, n samples of a chunk):
+
+* Jacobian column blocks ``J (C, n, P)``: rows ∂z_c(x_i)/∂θ over P parameters.
+  K[i, j, c, d] = J1[c, i] · J2[d, j], one GEMM of (C·n1, P) by (P, C·n2) per block.
+* Gram features of a patch layer (Linear or Conv2d weight, W ∈ R^{O×K}, S output positions):
+  inputs ``p (n, S, K)`` (unfolded patches) and output cotangents ``g (C, n, S, O)``. Since
+  J_ic = Σ_s g_ic[s] ⊗ p_i[s],  K[i, j, c, d] = Σ_{s,t} (g_ic[s] · g_jd[t]) (p_i[s] · p_j[t]),
+  contracted as PP = p1 p2ᵀ, then M = PP·g2, then g1·M, never forming the O×K Jacobian.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Features:
+    """Per-sample features of a chunk: Jacobian column blocks plus the Gram-route layers."""
+
+    jac: list[Tensor] = field(default_factory=list)  # blocks (C, n, P_b), same layout on both sides
+    grams: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [(p (n,S,K), g (C,n,S,O))]
+
+
+def contract_jac(j1: list[Tensor], j2: list[Tensor], trace: bool) -> Tensor:
+    """Σ_blocks J1 J2ᵀ: (n1, n2, C, C), or its trace over classes (n1, n2).
+
+    The full kernel accumulates every block into one (C·n1, C·n2) matrix with ``addmm``.
+    """
+    c, n1, _ = j1[0].shape
+    n2 = j2[0].shape[1]
+    if trace:  # Σ_c J1[c] J2[c]ᵀ: one batched GEMM over classes per block
+        return sum(torch.bmm(a, b.transpose(1, 2)).sum(0) for a, b in zip(j1, j2, strict=True))
+    acc = j1[0].new_zeros(c * n1, c * n2)
+    for a, b in zip(j1, j2, strict=True):
+        acc.addmm_(a.reshape(c * n1, -1), b.reshape(c * n2, -1).T)
+    return acc.view(c, n1, c, n2).permute(1, 3, 0, 2)
+
+
+def contract_gram(p1: Tensor, g1: Tensor, p2: Tensor, g2: Tensor, trace: bool, max_elems: int) -> Tensor:
+    """Σ_{s,t} (g1[c,i,s]·g2[d,j,t]) (p1[i,s]·p2[j,t]) over chunks of j.
+
+    Chunks keep the intermediates (n1·S·T·jc for PP, n1·S·O·jc per class for M) near a few
+    million elements, where the batched products run from cache; ``max_elems`` caps it further.
+    """
+    n1, s, _ = p1.shape
+    n2, t, _ = p2.shape
+    c, o = g1.shape[0], g1.shape[3]
+    per_j = n1 * s * (t + (c * o if trace else o))
+    step = max(2, min(n2, min(max_elems, 1 << 22) // max(per_j, 1)))
+    p1 = p1.contiguous()
+    out = p1.new_empty((n1, n2) if trace else (n1, n2, c, c))
+    if trace:
+        g1r = g1.permute(1, 2, 0, 3).reshape(n1 * s, c * o)  # ((i,s), (c,o))
+    else:
+        g1r = g1.permute(1, 0, 2, 3).reshape(n1, c, s * o)  # (i, c, (s,o))
+    for j in range(0, n2, step):
+        sl = slice(j, min(n2, j + step))
+        if trace:
+            out[:, sl] = _gram_trace(p1, g1r, p2[sl], g2[:, sl])
+        else:
+            _gram_block(p1, g1r, p2[sl], g2[:, sl], out[:, sl])
+    return out
+
+
+def _gram_block(p1: Tensor, g1r: Tensor, p2: Tensor, g2: Tensor, out: Tensor) -> None:
+    """Write K[i, j, c, d] for a chunk of j into ``out`` (n1, jc, C, C); no large copies."""
+    n1, s, k = p1.shape
+    n2, t, _ = p2.shape
+    c, o = g2.shape[0], g2.shape[3]
+    pp = p1.reshape(n1 * s, k) @ p2.reshape(n2 * t, k).T  # PP[(i,s), (j,t)]
+    ppj = pp.view(n1 * s, n2, t).transpose(0, 1)  # (j, (i,s), t), strided
+    for d in range(c):
+        m = torch.bmm(ppj, g2[d])  # M_d[j, (i,s), o] = Σ_t PP[(i,s),(j,t)] g2[d,j,t,o]
+        m = m.view(n2, n1, s * o).permute(1, 2, 0)  # (i, (s,o), j)
+        out[:, :, :, d] = torch.bmm(g1r, m).transpose(1, 2)  # Σ_{(s,o)} g1[i,c,(s,o)] M_d
+
+
+def _gram_trace(p1: Tensor, g1r: Tensor, p2: Tensor, g2: Tensor) -> Tensor:
+    """Σ_c of the Gram kernel: GG[i,s,j,t] = Σ_{c,o} g1[c,i,s,o] g2[c,j,t,o], then Σ_{s,t} GG ⊙ PP."""
+    n1, s, k = p1.shape
+    n2, t, _ = p2.shape
+    c, o = g2.shape[0], g2.shape[3]
+    pp = p1.reshape(n1 * s, k) @ p2.reshape(n2 * t, k).T
+    gg = g1r @ g2.permute(1, 2, 0, 3).reshape(n2 * t, c * o).T
+    return (gg * pp).view(n1, s, n2, t).sum((1, 3))
+
+
+def contract(f1: Features, f2: Features, trace: bool, max_elems: int) -> Tensor:
+    """The kernel block between two feature chunks: Jacobian part plus every Gram layer."""
+    out = contract_jac(f1.jac, f2.jac, trace) if f1.jac else None
+    for (p1, g1), (p2, g2) in zip(f1.grams, f2.grams, strict=True):
+        part = contract_gram(p1, g1, p2, g2, trace, max_elems)
+        out = part if out is None else out + part
+    if out is None:
+        raise ValueError("the model has no trainable parameters: the eNTK is empty")
+    return out
+
+
+def gram_cost(n1: int, n2: int, c: int, s: int, k: int, o: int, trace: bool) -> float:
+    """Multiply-adds of the Gram route for one layer (PP, then M, then the final contraction)."""
+    if trace:
+        return n1 * n2 * s * s * (k + c * o)
+    return n1 * n2 * (s * s * k + s * s * c * o + c * c * o * s)
+
+
+def jacobian_cost(n1: int, n2: int, c: int, s: int, k: int, o: int, trace: bool) -> float:
+    """Multiply-adds of forming per-sample layer Jacobians (C·O·K·S each) and contracting them."""
+    pairs = n1 * n2 * (c if trace else c * c) * o * k
+    return pairs + (n1 + n2) * c * o * k * s
+
+
+def block_plan(n1: int, n2: int, bytes1: float, bytes2: float, budget: float) -> tuple[bool, int, int]:
+    """(x1 is the outer side, outer chunk, inner chunk) with the least feature-building work.
+
+    Features of an outer chunk are built once; inner chunks are rebuilt for every outer chunk
+    unless the whole inner side fits next to the outer chunk, when it is built once and kept.
+    Work = samples built + 2 per chunk built (small batches run less efficiently). Always at
+    least one sample per side, whatever the budget.
+    """
+    best: tuple[int, tuple[bool, int, int]] | None = None
+    for x1_outer in (True, False):
+        no, ni, bo, bi = (n1, n2, bytes1, bytes2) if x1_outer else (n2, n1, bytes2, bytes1)
+        for co in range(1, no + 1):
+            ci = min(ni, int((budget - co * bo) // max(bi, 1.0)))
+            if ci < 1:
+                break
+            outer, inner = -(-no // co), -(-ni // ci)
+            builds = inner if ci == ni else outer * inner
+            work = no + (ni if ci == ni else outer * ni) + 2 * (outer + builds)
+            if best is None or work < best[0]:
+                best = (work, (x1_outer, co, ci))
+    return (True, 1, 1) if best is None else best[1]
+
+
+def blockwise(
+    n1: int,
+    n2: int,
+    feats1: Callable[[slice], Features],
+    feats2: Callable[[slice], Features],
+    combine: Callable[[Features, Features], Tensor],
+    plan: tuple[bool, int, int],
+    same: bool,
+) -> Tensor:
+    """Assemble the (n1, n2, ...) kernel block by block following ``block_plan``.
+
+    When ``same`` (x2 is x1) and one chunk covers everything, the features are built once.
+    """
+    x1_outer, co, ci = plan
+    no, ni = (n1, n2) if x1_outer else (n2, n1)
+    f_outer, f_inner = (feats1, feats2) if x1_outer else (feats2, feats1)
+    keep = ci >= ni
+    kept = None
+    out = None
+    for i in range(0, no, co):
+        so = slice(i, min(no, i + co))
+        fo = f_outer(so)
+        for j in range(0, ni, ci):
+            si = slice(j, min(ni, j + ci))
+            if same and co >= no and keep:
+                fi = fo
+            else:
+                fi = kept if kept is not None else f_inner(si)
+                kept = fi if keep else None
+            block = combine(fo, fi) if x1_outer else combine(fi, fo)
+            s1, s2 = (so, si) if x1_outer else (si, so)
+            if out is None:
+                out = block.new_empty((n1, n2, *block.shape[2:]))
+            out[s1, s2] = block
+        del fo
+    assert out is not None
+    return out

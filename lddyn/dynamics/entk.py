@@ -1,0 +1,223 @@
+"""Empirical neural tangent kernel K(x1_i, x2_j) = J_i J_jᵀ over the trainable parameters.
+
+Shapes: x1 (N1, ...), x2 (N2, ...), C classes; the kernel is (N1, N2, C, C) with
+K[i, j, c, d] = Σ_θ ∂z_c(x1_i)/∂θ · ∂z_d(x2_j)/∂θ, or (N1, N2) with ``trace=True`` (Σ_c K[i, j, c, c]).
+Implementations, chosen by ``NTKImpl`` (the neural-tangents pattern: an enum and a factory):
+
+* ``JACOBIAN``: per-sample Jacobians by ``vmap(jacrev)``, contracted per chunk (PyTorch tutorial).
+* ``NTK_VP``: NTK-vector products: rows J_icᵀ by a batched VJP, pushed through x2 by JVPs.
+* ``STRUCTURED``: layer by layer from activations and output cotangents (``structured.py``);
+  unknown layers fall back to exact per-sample Jacobians for their parameters only.
+* ``AUTO``: ``STRUCTURED`` when structured layers hold most parameters, else ``JACOBIAN``.
+
+.. warning:: The kernel is evaluated with normalisation layers in **eval mode**. A BatchNorm
+   model in train mode normalises by batch statistics, which couples samples and updates the
+   running buffers; the per-sample kernel here uses the *running statistics* instead, whatever
+   the model's mode, and never writes a buffer. It therefore differs from the Jacobian of a
+   train-mode forward; ``lddyn.dynamics.decompose`` reports that gap.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import jvp, vjp, vmap
+
+from lddyn.dynamics import structured as st
+from lddyn.dynamics import layerwise as lw
+from lddyn.dynamics.contract import Features, block_plan, blockwise, contract
+from lddyn.dynamics.functional import Params, frozen_state, logits_fn, norm_eval, trainable_params
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET_MB = 1024.0
+Kernel = Callable[..., Tensor]
+
+
+class NTKImpl(str, enum.Enum):
+    """eNTK algorithm. All are exact; they differ in time and memory."""
+
+    AUTO = "auto"
+    JACOBIAN = "jacobian"
+    NTK_VP = "ntk_vp"
+    STRUCTURED = "structured"
+
+
+def _as_impl(impl: NTKImpl | str) -> NTKImpl:
+    try:
+        return NTKImpl(impl)
+    except ValueError:
+        raise ValueError(f"impl={impl!r} is not one of {[i.value for i in NTKImpl]}") from None
+
+
+def explain_ntk(
+    model: nn.Module,
+    x: Tensor,
+    impl: NTKImpl | str = NTKImpl.AUTO,
+    n2: int | None = None,
+    trace: bool = False,
+    params: Params | None = None,
+) -> st.NTKPlan:
+    """The route of every trainable parameter, for inputs like ``x`` (N1 = len(x), N2 = n2 or N1).
+
+    ``print(explain_ntk(model, x))`` lists parameter, layer type, size and route ("gram",
+    "jacobian", "bias", "norm-affine", or "generic" for the exact fallback).
+    """
+    params = trainable_params(model) if params is None else params
+    plan = st.build_plan(model, params, frozen_state(model), x)
+    with torch.no_grad(), norm_eval(model):
+        c = logits_fn(model)(params, x[:1]).shape[-1]
+    st.choose_routes(plan, model, len(x), n2 or len(x), c, trace)
+    chosen = _resolve(_as_impl(impl), plan)
+    if chosen is not NTKImpl.STRUCTURED:
+        plan.impl = chosen.value
+        plan.routes = [st.Route(r.param, r.module, r.layer, chosen.value, r.numel) for r in plan.routes]
+    return plan
+
+
+def _resolve(impl: NTKImpl, plan: st.NTKPlan) -> NTKImpl:
+    if impl is not NTKImpl.AUTO:
+        return impl
+    structured = sum(r.numel for r in plan.routes if r.route != "generic")
+    total = sum(r.numel for r in plan.routes)
+    return NTKImpl.STRUCTURED if structured * 2 >= total else NTKImpl.JACOBIAN
+
+
+def empirical_ntk(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    *,
+    impl: NTKImpl | str = NTKImpl.AUTO,
+    trace: bool = False,
+    memory_budget_mb: float = DEFAULT_BUDGET_MB,
+    params: Params | None = None,
+) -> Tensor:
+    """eNTK between x1 and x2 (x2 = x1 when omitted): (N1, N2, C, C), or (N1, N2) if ``trace``.
+
+    Evaluated at ``params`` (default: the model's trainable parameters) and the model's current
+    buffers, with normalisation layers in eval mode (see the module warning); the model's
+    buffers and modes are left exactly as they were. Work is chunked over N1 and N2 so that the
+    per-sample features stay under ``memory_budget_mb`` (the output itself is not counted).
+    """
+    return entk_fn(model, impl, trace=trace, memory_budget_mb=memory_budget_mb)(params, x1, x2)
+
+
+def entk_fn(
+    model: nn.Module,
+    impl: NTKImpl | str = NTKImpl.AUTO,
+    *,
+    trace: bool = False,
+    memory_budget_mb: float = DEFAULT_BUDGET_MB,
+) -> Kernel:
+    """Factory form: ``kernel(params, x1, x2=None) -> Tensor`` for a fixed model and algorithm.
+
+    ``params`` is a dict name -> tensor of the trainable parameters, or None for the current ones.
+    """
+    impl = _as_impl(impl)
+    budget = memory_budget_mb * 2**20
+
+    def kernel(params: Params | None, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+        params = trainable_params(model) if params is None else {n: p.detach() for n, p in params.items()}
+        state = frozen_state(model)
+        chosen, plan = impl, None
+        if impl in (NTKImpl.AUTO, NTKImpl.STRUCTURED):
+            plan = st.build_plan(model, params, state, x1)
+            chosen = _resolve(impl, plan)
+        if chosen is NTKImpl.NTK_VP:
+            return _ntk_vp(model, params, state, x1, x2, trace, budget)
+        return _featurewise(
+            model, plan if chosen is NTKImpl.STRUCTURED else None, params, state, x1, x2, trace, budget
+        )
+
+    return kernel
+
+
+def _num_classes(model: nn.Module, params: Params, state: Params, x: Tensor) -> int:
+    with torch.no_grad(), norm_eval(model):
+        return logits_fn(model, state)(params, x[:1]).shape[-1]
+
+
+def _featurewise(
+    model: nn.Module,
+    plan: st.NTKPlan | None,
+    params: Params,
+    state: Params,
+    x1: Tensor,
+    x2: Tensor | None,
+    trace: bool,
+    budget: float,
+) -> Tensor:
+    """JACOBIAN (plan None) or STRUCTURED: per-chunk features, contracted block by block."""
+    same, x2 = x2 is None, x1 if x2 is None else x2
+    c = _num_classes(model, params, state, x1)
+    item = next(iter(params.values())).element_size()
+    if plan is None:
+        names = list(params)
+        per = 3.0 * item * c * sum(p.numel() for p in params.values())
+
+        def feats(x: Tensor) -> Features:
+            jac = lw.generic_jacobians(model, names, params, state, x)
+            return Features([jac[n] for n in names])
+    else:
+        st.choose_routes(plan, model, len(x1), len(x2), c, trace)
+        if plan.generic:
+            log.info("eNTK structured: generic (exact jacrev) route for %s", ", ".join(plan.generic))
+        log.debug("%s", plan)
+        per = st.bytes_per_sample(plan, params, c, item)
+
+        def feats(x: Tensor) -> Features:
+            return lw.structured_features(model, plan, params, state, x)
+
+    order = block_plan(len(x1), len(x2), per, per, budget)
+    max_elems = int(budget / 4 / item)
+    return blockwise(
+        len(x1),
+        len(x2),
+        lambda s: feats(x1[s]),
+        lambda s: feats(x2[s]),
+        lambda f1, f2: contract(f1, f2, trace, max_elems),
+        order,
+        same,
+    )
+
+
+def _ntk_vp(
+    model: nn.Module, params: Params, state: Params, x1: Tensor, x2: Tensor | None, trace: bool, budget: float
+) -> Tensor:
+    """NTK-vector products: K[i, :, c, :] = J_{x2} (J_icᵀ), rows J_icᵀ from one batched VJP.
+
+    Cost N1·C JVPs through x2, so this is an oracle and a small-N path rather than the fast one.
+    """
+    x2 = x1 if x2 is None else x2
+    f = logits_fn(model, state)
+    c = _num_classes(model, params, state, x1)
+    p_bytes = sum(p.numel() for p in params.values()) * next(iter(params.values())).element_size()
+    c1 = max(1, min(len(x1), int(budget / 2 // (3 * c * p_bytes))))
+    rows = []
+    with norm_eval(model):
+        for i in range(0, len(x1), c1):
+            rows.append(_ntk_vp_rows(f, params, x1[i : i + c1], x2, c, trace, c1))
+    return torch.cat(rows)
+
+
+def _ntk_vp_rows(
+    f: Callable, params: Params, x1: Tensor, x2: Tensor, c: int, trace: bool, chunk: int
+) -> Tensor:
+    n1 = len(x1)
+    _, pullback = vjp(lambda p: f(p, x1), params)
+    basis = torch.eye(n1 * c, dtype=x1.dtype, device=x1.device).view(n1 * c, n1, c)
+    jrows = vmap(pullback)(basis)[0]  # name -> (n1·C, *shape): the rows J_icᵀ
+
+    def push(v: Params) -> Tensor:
+        return jvp(lambda p: f(p, x2), (params,), (v,))[1]  # (N2, C)
+
+    out = torch.cat(
+        [vmap(push)({n: r[k : k + chunk] for n, r in jrows.items()}) for k in range(0, n1 * c, chunk)]
+    )  # (n1·C, N2, C)
+    k = out.view(n1, c, len(x2), c).permute(0, 2, 1, 3)
+    return k.diagonal(dim1=2, dim2=3).sum(-1) if trace else k

@@ -1,0 +1,115 @@
+"""Group the samples of a step's loss terms, and take one gradient per group.
+
+A group is the set of samples sharing the selected keys: the loss term's name, the source class
+(true label, or pseudo-label for unlabeled samples), pseudo-label correctness (1/0/-1) and the
+pruning status (kept/rescaled/pruned). The groups partition the samples, so Σ_g L_g = L and
+Σ_g ∇θ L_g = ∇θ L: each group's share of the step is exact, not an approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lddyn.dynamics.functional import Params
+from lddyn.losses import LossTerm
+
+GROUP_KEYS = ("term", "source_class", "correct", "status")
+
+
+def check_keys(by: Sequence[str]) -> tuple[str, ...]:
+    """The grouping keys as a tuple, in the canonical order; unknown keys are an error."""
+    unknown = [k for k in by if k not in GROUP_KEYS]
+    if unknown:
+        raise ValueError(f"grouping keys {unknown} are not among {GROUP_KEYS}")
+    return tuple(k for k in GROUP_KEYS if k in by)
+
+
+def _columns(term: LossTerm) -> dict[str, list]:
+    n = len(term.source_class)
+    return {
+        "term": [term.name] * n,
+        "source_class": term.source_class.tolist(),
+        "correct": term.correct.tolist(),
+        "status": term.status.tolist(),
+    }
+
+
+def group_ids(terms: Sequence[LossTerm], by: Sequence[str]) -> tuple[list[tuple], list[Tensor]]:
+    """(sorted group keys, per term the (N_t,) group index of each sample)."""
+    by = check_keys(by)
+    rows = []
+    for term in terms:
+        cols = _columns(term)
+        rows.append(list(zip(*(cols[k] for k in by), strict=True)) if by else [()] * len(term.source_class))
+    keys = sorted({k for r in rows for k in r})
+    index = {k: i for i, k in enumerate(keys)}
+    return keys, [torch.tensor([index[k] for k in r], dtype=torch.long) for r in rows]
+
+
+@dataclass
+class GroupGradients:
+    """Per-group parameter gradients ∇θ L_g of one step, plus the per-sample logit gradients.
+
+    ``grads[g][name]`` has the parameter's shape (None where the group does not reach it);
+    ``logit_grads[t]`` is G_t = ∂L_t/∂z_t (N_t, C) of term t, read from autograd.
+    """
+
+    by: tuple[str, ...]
+    keys: list[tuple]  # one key tuple per group, values in ``by`` order
+    ids: list[Tensor]  # per term: (N_t,) group of each sample
+    grads: list[dict[str, Tensor | None]]
+    logit_grads: list[Tensor]  # per term: (N_t, C)
+    sizes: Tensor  # (num_groups,) samples per group
+    total_direct: dict[str, Tensor | None] | None = None  # ∇θ L from its own backward, if taken
+
+    def total(self) -> dict[str, Tensor | None]:
+        """Σ_g ∇θ L_g = ∇θ L (None where no group reaches a parameter)."""
+        out: dict[str, Tensor | None] = {}
+        for name in self.grads[0] if self.grads else {}:
+            vals = [g[name] for g in self.grads if g[name] is not None]
+            out[name] = torch.stack(vals).sum(0) if vals else None
+        return out
+
+
+def named_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def group_gradients(
+    model: nn.Module, terms: Sequence[LossTerm], by: Sequence[str] = GROUP_KEYS, with_total: bool = True
+) -> GroupGradients:
+    """One ``autograd.grad`` of each group loss through the live training graph (kept alive).
+
+    Exact for the step actually taken: with BatchNorm in train mode the batch statistics
+    couple samples, and that coupling is part of each group's gradient. ``.grad`` is untouched.
+    ``with_total`` also takes ∇θ L by its own backward, an independent check of Σ_g ∇θ L_g.
+    """
+    keys, ids = group_ids(terms, by)
+    named = named_trainable(model)
+    ell = [t.per_sample() for t in terms]
+    logit_grads = [
+        torch.autograd.grad(e.sum(), t.logits, retain_graph=True)[0] for e, t in zip(ell, terms, strict=True)
+    ]
+    grads = []
+    dev_ids = [i.to(e.device) for e, i in zip(ell, ids, strict=True)]
+    for g in range(len(keys)):
+        loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
+        gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+        grads.append(dict(zip(named, gr, strict=True)))
+    sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
+    total = None
+    if with_total:
+        gr = torch.autograd.grad(
+            sum(e.sum() for e in ell), list(named.values()), retain_graph=True, allow_unused=True
+        )
+        total = dict(zip(named, gr, strict=True))
+    return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, total)
+
+
+def as_tangent(grad: dict[str, Tensor | None], params: Params, scale: float = 1.0) -> Params:
+    """A full parameter-space tangent from a gradient dict (None -> zeros), times ``scale``."""
+    return {n: (torch.zeros_like(p) if grad.get(n) is None else scale * grad[n]) for n, p in params.items()}

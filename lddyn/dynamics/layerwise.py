@@ -1,0 +1,161 @@
+"""Per-chunk features of the structured eNTK, built class by class from one forward.
+
+One forward (norm layers in eval mode, so samples do not interact) records every site's input;
+a zero tensor added to each site output makes ∂z_c/∂y its gradient. Then, for each class c, one
+backward of Σ_n z_c(x_n) gives every sample's cotangent g_c at every site, which is folded into
+that site's features at once and dropped: peak memory holds one class of cotangents, not C.
+
+Layouts (class-major, C classes, n samples): Jacobian blocks (C, n, numel); Gram features
+p (n, S, K) and g (C, n, S, O).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lddyn.dynamics.contract import Features
+from lddyn.dynamics.functional import Params, logits_fn, norm_eval
+from lddyn.dynamics.structured import NTKPlan, Site, jac_layout
+
+
+def _xhat(module: nn.Module, a: Tensor) -> Tensor:
+    """Normalised input of a norm layer (before its affine map), per sample."""
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
+    if isinstance(module, nn.GroupNorm):
+        return F.group_norm(a, module.num_groups, None, None, module.eps)
+    view = (1, -1) + (1,) * (a.dim() - 2)
+    rm, rv = module.running_mean.view(view), module.running_var.view(view)
+    return (a - rm) / torch.sqrt(rv + module.eps)
+
+
+class PatchBuilder:
+    """Linear / Conv2d site: patches once, then per class the weight Jacobian or Gram cotangents."""
+
+    def __init__(self, site: Site, a: Tensor, c: int) -> None:
+        m, n = site.module, a.shape[0]
+        if isinstance(m, nn.Conv2d):
+            p = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (n, K, S)
+            self.p = p.transpose(1, 2).contiguous()
+        else:
+            self.p = a.reshape(n, -1, a.shape[-1]).contiguous()
+        self.site, self.conv = site, isinstance(m, nn.Conv2d)
+        s, k, o = self.p.shape[1], self.p.shape[2], site.o
+        has_w = "weight" in site.params
+        self.w = a.new_empty(c, n, o, k) if has_w and site.route == "jacobian" else None
+        self.g = a.new_empty(c, n, s, o) if has_w and site.route == "gram" else None
+        self.b = a.new_empty(c, n, o) if "bias" in site.params else None
+
+    def add(self, cls: int, g: Tensor) -> None:
+        n = g.shape[0]
+        gos = g.reshape(n, self.site.o, -1) if self.conv else g.reshape(n, -1, self.site.o).transpose(1, 2)
+        if self.w is not None:  # Σ_s g[s] ⊗ p[s]: (n, O, K)
+            torch.bmm(gos, self.p, out=self.w[cls])
+        if self.g is not None:
+            self.g[cls] = gos.transpose(1, 2)
+        if self.b is not None:
+            self.b[cls] = gos.sum(2)
+
+    def blocks(self) -> dict[str, Tensor]:
+        out = {} if self.w is None else {"weight": self.w.flatten(2)}
+        return out if self.b is None else {**out, "bias": self.b}
+
+    def gram(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.g is None else (self.p, self.g)
+
+
+class NormBuilder:
+    """BatchNorm (eval) / LayerNorm / GroupNorm affine: Σ_positions g ⊙ x̂ and Σ_positions g."""
+
+    def __init__(self, site: Site, a: Tensor, c: int) -> None:
+        self.site, self.xhat = site, _xhat(site.module, a)
+        if isinstance(site.module, nn.LayerNorm):
+            d = int(torch.Size(site.module.normalized_shape).numel())
+            self.fold = lambda t: t.reshape(t.shape[0], -1, d).sum(1)
+        else:  # channels on dim 1 of the layer input
+            self.fold = lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(2)
+        d = self.fold(self.xhat).shape[1]
+        self.out = {r: a.new_empty(c, a.shape[0], d) for r in site.params}
+
+    def add(self, cls: int, g: Tensor) -> None:
+        if "weight" in self.out:
+            self.out["weight"][cls] = self.fold(g * self.xhat)
+        if "bias" in self.out:
+            self.out["bias"][cls] = self.fold(g)
+
+    def blocks(self) -> dict[str, Tensor]:
+        return self.out
+
+    def gram(self) -> None:
+        return None
+
+
+def _forward(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor) -> tuple:
+    """Logits plus, per site, (input, zero delta on the output) from one hooked forward."""
+    inputs: dict[str, Tensor] = {}
+    deltas: dict[str, Tensor] = {}
+
+    def hook(site: Site):  # noqa: ANN202
+        def fn(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            inputs[site.name] = args[0].detach()
+            deltas[site.name] = torch.zeros_like(out, requires_grad=True)
+            return out + deltas[site.name]
+
+        return fn
+
+    handles = [s.module.register_forward_hook(hook(s)) for s in plan.sites]
+    try:
+        with torch.enable_grad(), norm_eval(model):
+            logits = logits_fn(model, state)(params, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, inputs, deltas
+
+
+def site_blocks(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor) -> tuple:
+    """Per-site Jacobian blocks (param name -> (C, n, numel)) and Gram features, C backwards."""
+    logits, inputs, deltas = _forward(model, plan, params, state, x)
+    c = logits.shape[1]
+    builders = [(NormBuilder if s.kind == "norm" else PatchBuilder)(s, inputs.pop(s.name), c) for s in plan.sites]
+    ds = [deltas[s.name] for s in plan.sites]
+    for k in range(c):  # a loop of C backwards beats one vmapped backward on CPU
+        gk = torch.autograd.grad(logits[:, k].sum(), ds, retain_graph=k < c - 1, allow_unused=True)
+        for b, g, d in zip(builders, gk, ds, strict=True):
+            b.add(k, torch.zeros_like(d) if g is None else g)
+    blocks = {b.site.params[r]: j for b in builders for r, j in b.blocks().items()}
+    return blocks, [g for b in builders if (g := b.gram()) is not None]
+
+
+def generic_jacobians(
+    model: nn.Module, names: list[str], params: Params, state: Params, x: Tensor
+) -> dict[str, Tensor]:
+    """Exact per-sample Jacobians (C, n, numel) of the named parameters via vmap(jacrev)."""
+    sub = {n: params[n] for n in names}
+    rest = {n: p for n, p in params.items() if n not in sub}
+    f = logits_fn(model, state)
+
+    def one(p_sub: Params, xi: Tensor) -> Tensor:
+        return f({**rest, **p_sub}, xi[None])[0]
+
+    with norm_eval(model):
+        jac = torch.func.vmap(torch.func.jacrev(one), (None, 0))(sub, x)
+    return {n: j.reshape(x.shape[0], j.shape[1], -1).transpose(0, 1) for n, j in jac.items()}
+
+
+def structured_features(
+    model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor
+) -> Features:
+    """All features of one chunk: Jacobian blocks in ``jac_layout`` order plus Gram layers.
+
+    Blocks under 4096 columns (biases, norm affines) are merged into one to save small GEMMs.
+    """
+    blocks, grams = site_blocks(model, plan, params, state, x) if plan.sites else ({}, [])
+    if plan.generic:
+        blocks.update(generic_jacobians(model, plan.generic, params, state, x))
+    ordered = [blocks.pop(name) for name, _ in jac_layout(plan, params)]
+    big = [b for b in ordered if b.shape[-1] >= 4096]
+    small = [b for b in ordered if b.shape[-1] < 4096]
+    return Features(big + ([torch.cat(small, dim=2)] if small else []), grams)

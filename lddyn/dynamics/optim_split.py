@@ -1,0 +1,106 @@
+"""The exact update torch.optim.SGD / Adam / AdamW will make, split linearly into parts.
+
+Given the optimiser state *before* ``step()`` and the group gradients g_g (Σ_g g_g = g), every
+supported optimiser's update is affine in g for a fixed per-element preconditioner P:
+    Δθ = −P ⊙ Σ_g g_g  + carry  − P ⊙ wd·θ  − lr·wd_dec·θ
+so each group's share is −P ⊙ g_g. Adam's P depends on the full gradient through
+v_t = β2 v + (1 − β2) g²; it is computed once from the full gradient and shared by all groups:
+    P = lr (1 − β1) / (1 − β1^t) / (√(v̂_t) + eps),  v̂_t = v_t / (1 − β2^t),
+    carry = −lr β1 m_{t−1} / (1 − β1^t) / (√(v̂_t) + eps).
+SGD (momentum μ, dampening τ): P = lr when there is no buffer yet (times 1 + μ with Nesterov);
+afterwards P = lr (1 − τ) with carry −lr μ buf, or Nesterov P = lr (1 + μ (1 − τ)), carry −lr μ² buf.
+Parts: "group:<k>", "carry" (momentum / first moment), "weight_decay" (coupled, inside the
+gradient), "decoupled_wd" (AdamW's θ ← (1 − lr·wd) θ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+CARRY, WEIGHT_DECAY, DECOUPLED_WD = "carry", "weight_decay", "decoupled_wd"
+
+
+@dataclass
+class Rule:
+    """One parameter's update as P, carry and decay coefficients: Δθ = −P⊙g + carry − P⊙wd·θ − dec·θ."""
+
+    precond: Tensor | float  # P, per element or scalar
+    carry: Tensor | None
+    wd: float  # coupled weight decay (in the gradient)
+    decoupled: float  # lr·wd of a decoupled decay (AdamW)
+    sign: float  # −1 with ``maximize``
+
+
+def _sgd_rule(group: dict, state: dict, p: Tensor) -> Rule:
+    lr, mu, damp = float(group["lr"]), group["momentum"], group.get("dampening", 0.0)
+    sign = -1.0 if group.get("maximize", False) else 1.0
+    buf = state.get("momentum_buffer")
+    if mu == 0:
+        return Rule(lr, None, group["weight_decay"], 0.0, sign)
+    if buf is None:  # the first step copies the gradient into the buffer
+        return Rule(lr * (1 + mu if group["nesterov"] else 1.0), None, group["weight_decay"], 0.0, sign)
+    if group["nesterov"]:
+        return Rule(lr * (1 + mu * (1 - damp)), -lr * mu * mu * buf, group["weight_decay"], 0.0, sign)
+    return Rule(lr * (1 - damp), -lr * mu * buf, group["weight_decay"], 0.0, sign)
+
+
+def _adam_rule(group: dict, state: dict, p: Tensor, grad: Tensor) -> Rule:
+    if group.get("capturable") or group.get("differentiable"):
+        raise NotImplementedError("capturable/differentiable Adam is not supported by the update split")
+    lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+    decoupled = bool(group.get("decoupled_weight_decay", False))
+    sign = -1.0 if group.get("maximize", False) else 1.0
+    t = float(state["step"]) + 1 if "step" in state else 1.0
+    g = sign * grad + (wd * p if wd and not decoupled else 0.0)
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g if state else (1 - b2) * g * g
+    if group.get("amsgrad", False) and state:
+        v = torch.maximum(state["max_exp_avg_sq"], v)
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    denom = v.sqrt() / bc2**0.5 + eps
+    carry = -lr * b1 * state["exp_avg"] / bc1 / denom if state else None
+    return Rule(
+        lr * (1 - b1) / bc1 / denom, carry, 0.0 if decoupled else wd, lr * wd if decoupled else 0.0, sign
+    )
+
+
+def param_rule(optimizer: torch.optim.Optimizer, group: dict, p: Tensor, grad: Tensor) -> Rule:
+    """The rule for one parameter from its optimiser group and state (read, never written)."""
+    state = optimizer.state.get(p, {})
+    if isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam (decoupled_weight_decay)
+        return _adam_rule(group, state, p.detach(), grad)
+    if isinstance(optimizer, torch.optim.SGD):
+        return _sgd_rule(group, state, p.detach())
+    raise NotImplementedError(f"update split supports SGD, Adam and AdamW, not {type(optimizer).__name__}")
+
+
+def split_update(
+    optimizer: torch.optim.Optimizer, names: dict[int, str], group_grads: list[dict[str, Tensor | None]]
+) -> dict[str, dict[str, Tensor]]:
+    """part -> parameter name -> Δθ_part for every parameter the optimiser will update.
+
+    ``names`` maps ``id(param)`` to its name; parameters that no group reaches get no gradient
+    and are skipped by the optimiser, so they are skipped here too.
+    """
+    parts: dict[str, dict[str, Tensor]] = {f"group:{k}": {} for k in range(len(group_grads))}
+    parts.update({CARRY: {}, WEIGHT_DECAY: {}, DECOUPLED_WD: {}})
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names.get(id(p))
+            gs = [gg.get(name) for gg in group_grads] if name is not None else []
+            if not any(g is not None for g in gs):
+                continue
+            gs = [torch.zeros_like(p) if g is None else g for g in gs]
+            rule = param_rule(optimizer, group, p, torch.stack(gs).sum(0))
+            _apply(parts, rule, name, p.detach(), gs)
+    return parts
+
+
+def _apply(parts: dict[str, dict[str, Tensor]], rule: Rule, name: str, p: Tensor, gs: list[Tensor]) -> None:
+    for k, g in enumerate(gs):
+        parts[f"group:{k}"][name] = -rule.sign * rule.precond * g
+    parts[CARRY][name] = torch.zeros_like(p) if rule.carry is None else rule.carry
+    parts[WEIGHT_DECAY][name] = -rule.precond * rule.wd * p
+    parts[DECOUPLED_WD][name] = -rule.decoupled * p
