@@ -157,11 +157,11 @@ def test_two_samplers_for_one_set_is_an_error(tmp_path: Path) -> None:
 
 
 def test_dytrim_compute_saving_shortens_the_schedule(tmp_path: Path) -> None:
-    tr = make_trainer(tmp_path, "dytrim", "methods.dytrim.save_compute=true", "train.steps=40")
+    tr = make_trainer(tmp_path, "dytrim", "methods.dytrim.save_compute=true", "train.steps=16")
     tr.methods[0].scores_ulb = torch.linspace(0, 1, len(tr.methods[0].scores_ulb))
     tr.fit()
-    assert tr.state.progress >= 40
-    assert tr.state.step < 40  # each step over a pruned pool stands for more than one full-data step
-    full = make_trainer(tmp_path / "b", "dytrim", "train.steps=40")
+    assert tr.state.progress >= 16
+    assert tr.state.step < 16  # each step over a pruned pool stands for more than one full-data step
+    full = make_trainer(tmp_path / "b", "dytrim", "train.steps=16")
     full.fit()
-    assert full.state.step == 40
+    assert full.state.step == 16
