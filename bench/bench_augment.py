@@ -6,7 +6,8 @@ tensor, and the reference recipe written image by image with PIL (RandAugment(3,
 op list, RandomCrop(32, padding=4), horizontal flip, ToTensor via numpy, Normalize, Cutout 16), from
 a uint8 array to a stacked batch tensor. Both run in this process with torch's default thread count
 (override with --threads); the two pipelines alternate so that they see the same machine load. The
-median over the repeats is reported, with the best in brackets.
+median over the repeats is reported, with the best in brackets (the speed-up row: ratio of medians,
+ratio of bests); on a shared machine the best is the steadier figure.
 
     python bench/bench_augment.py [--repeats 15] [--batch 448] [--threads N]
 """
@@ -153,6 +154,10 @@ def report(times: dict[str, dict[str, list[float]]], batch: int) -> None:
     def rate(ts: list[float]) -> str:
         return f"{batch / statistics.median(ts):,.0f} ({batch / min(ts):,.0f})"
 
+    def speedup(c: str) -> str:
+        pil, ours = times["PIL"][c], times["lddyn"][c]
+        return f"{statistics.median(pil) / statistics.median(ours):.1f}x ({min(pil) / min(ours):.1f}x)"
+
     print(
         f"images/s, median (best) of {len(times['PIL'][cols[0]])} repeats, batch {batch}, 32x32x3, "
         f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPU cores\n"
@@ -161,8 +166,7 @@ def report(times: dict[str, dict[str, list[float]]], batch: int) -> None:
     print("|---|" + "---|" * len(cols))
     print("| per-image PIL | " + " | ".join(rate(times["PIL"][c]) for c in cols) + " |")
     print("| lddyn batched tensor | " + " | ".join(rate(times["lddyn"][c]) for c in cols) + " |")
-    ratios = [statistics.median(times["PIL"][c]) / statistics.median(times["lddyn"][c]) for c in cols]
-    print("| speed-up (median) | " + " | ".join(f"{r:.1f}x" for r in ratios) + " |")
+    print("| speed-up | " + " | ".join(speedup(c) for c in cols) + " |")
 
 
 def main() -> None:

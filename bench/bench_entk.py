@@ -14,12 +14,16 @@ copied below: Jacobian contraction (vmap(jacrev) + einsum) and NTK-vector produc
 and would hold N1·N2·C parameter-sized rows (~31 GB for the CNN at 32 x 256), so it runs one
 x1 row at a time here; it is skipped on WRN (N1·N2·C single-sample VJP+JVP passes).
 
-Measurements. Each case runs in a fresh subprocess: build model and inputs, one warm-up call at
-the same sizes (first touches of memory and oneDNN primitive creation are slow on this VM),
-then ``--repeats`` timed calls; time = the fastest. Memory = peak RSS (``ru_maxrss``) minus the
-RSS after model and inputs were built: the whole process, torch allocations included. GFLOP/s
+Measurements. Time: all methods of one model and size run in one fresh subprocess; each is
+called once to warm up (first touches of memory and oneDNN primitive creation are slow on this
+VM), then ``--repeats`` rounds call every method in turn, so load from other jobs hits all
+methods alike; time = the fastest round. Memory: one fresh subprocess per method and size calls
+it once; peak RSS (``ru_maxrss``) minus the RSS after model and inputs were built, i.e. the whole
+process including every torch allocation. GFLOP/s
 counts the useful work of a dense Jacobian contraction, 2·N1·C·N2·C·P, for every method, against
-the float32 matmul peak (2048^3 GEMM) measured at the start of the same run. Cases whose peer
+the float32 matmul peak (2048^3 GEMM) measured at the start of the same run. Children run with
+``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared 2-core machine, spinning OpenMP workers
+of a busy neighbour otherwise slow small-op code by up to 10x, peers and lddyn alike. Cases whose peer
 would need more than 60% of available RAM (Jacobians of (N1+N2)·C·P floats) are skipped.
 
     python bench/bench_entk.py            # full
@@ -29,6 +33,7 @@ would need more than 60% of available RAM (Jacobians of (N1+N2)·C·P floats) ar
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -127,16 +132,27 @@ def training_terms(model: torch.nn.Module, x: torch.Tensor, groups: int) -> list
     y = torch.arange(len(x)) % groups
     n = len(x)
     return [
-        LossTerm("sup", z, F.one_hot(y, z.shape[1]).float(), torch.ones(n), float(n), torch.arange(n), y, y,
-                 torch.zeros(n, dtype=torch.long))
+        LossTerm(
+            "sup",
+            z,
+            F.one_hot(y, z.shape[1]).float(),
+            torch.ones(n),
+            float(n),
+            torch.arange(n),
+            y,
+            y,
+            torch.zeros(n, dtype=torch.long),
+        )
     ]
 
 
 def decomposition_call(case: dict, model: torch.nn.Module, x_obs: torch.Tensor, x_train: torch.Tensor):  # noqa: ANN201
     if case["method"] == "train-step":
+
         def step() -> None:
             model.zero_grad(set_to_none=True)
             sum(t.loss() for t in training_terms(model, x_train, 10)).backward()
+
         return step
     terms = training_terms(model, x_train, 10)
     by = ("source_class",) if case["method"] == "lddyn:grouped" else ()
@@ -148,30 +164,44 @@ def decomposition_call(case: dict, model: torch.nn.Module, x_obs: torch.Tensor, 
     return run
 
 
-def run_case(case: dict) -> dict:
+def make_call(case: dict, method: str):  # noqa: ANN201
+    """A zero-argument callable running ``method`` on the case's model and inputs."""
     torch.set_num_threads(case["threads"])
     model, x1, x2 = setup(case)
-    call = (decomposition_call if case["kind"] == "decompose" else kernel_call)(case, model, x1, x2)
+    one = {**case, "method": method}
+    return (decomposition_call if case["kind"] == "decompose" else kernel_call)(one, model, x1, x2)
+
+
+def run_memory(case: dict) -> dict:
+    """Peak RSS increase of one call, alone in this process."""
+    call = make_call(case, case["methods"][0])
     base = rss_mb()
-    call()  # warm-up at the same sizes
-    times = []
-    for _ in range(case["repeats"]):
-        t0 = time.perf_counter()
+    call()
+    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base}
+
+
+def run_timing(case: dict) -> dict:
+    """Warm every method up once, then time them in interleaved rounds (noise hits all alike)."""
+    calls = {m: make_call(case, m) for m in case["methods"]}
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {**case, "time_s": min(times), "times": times, "peak_mb": peak - base}
+    times: dict[str, list[float]] = {m: [] for m in calls}
+    for _ in range(case["repeats"]):
+        for m, call in calls.items():
+            times[m].append(_timed(call))
+    return {"times": times}
 
 
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def matmul_peak(threads: int) -> float:
-    torch.set_num_threads(threads)
+def run_peak(case: dict) -> dict:
+    """Float32 matmul peak: the best of 5 timed 2048^3 GEMMs, in GFLOP/s."""
+    torch.set_num_threads(case["threads"])
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * 2048**3 / best / 1e9
+    return {"gflops": 2 * 2048**3 / best / 1e9}
 
 
 def _timed(fn) -> float:  # noqa: ANN001
@@ -186,66 +216,121 @@ def available_mb() -> float:
     return int(info["MemAvailable"].split()[0]) / 1024
 
 
+@functools.cache
 def num_params(name: str) -> int:
     return sum(p.numel() for p in build_model(name, num_classes=10, image_shape=MODELS[name]).parameters())
 
 
-def cases(args: argparse.Namespace) -> list[dict]:
-    common = {"threads": args.threads, "repeats": args.repeats, "budget_mb": args.budget_mb}
-    out = [{**common, "kind": "ntk", "model": "cnn", "o": 32, "b": 256, "method": m} for m in LDDYN + PEERS]
+def groups(args: argparse.Namespace) -> list[dict]:
+    """Benchmark groups: one model and size, the methods compared on it."""
+    common = {"threads": args.threads, "budget_mb": args.budget_mb}
+    out = [
+        {
+            **common,
+            "kind": "ntk",
+            "model": "cnn",
+            "o": 32,
+            "b": 256,
+            "methods": list(LDDYN + PEERS),
+            "repeats": args.repeats,
+        }
+    ]
     sizes = [(8, 64)] if args.quick else [(8, 64), (8, 256), (32, 64), (32, 256)]
     for o, b in sizes:
-        for m in ("lddyn:structured", "lddyn:jacobian", "torch.func:jacobian"):
-            out.append({**common, "kind": "ntk", "model": "wrn28_2", "o": o, "b": b, "method": m})
-    for m in ("lddyn:grouped", "lddyn:total", "train-step"):
-        out.append({**common, "kind": "decompose", "model": "cnn", "o": 32, "b": 256, "method": m})
-    return out
+        methods = ["lddyn:structured", "lddyn:jacobian", "torch.func:jacobian"]
+        out.append(
+            {
+                **common,
+                "kind": "ntk",
+                "model": "wrn28_2",
+                "o": o,
+                "b": b,
+                "methods": methods,
+                "repeats": args.wrn_repeats,
+            }
+        )
+    out.append(
+        {
+            **common,
+            "kind": "decompose",
+            "model": "cnn",
+            "o": 32,
+            "b": 256,
+            "methods": ["lddyn:grouped", "lddyn:total", "train-step"],
+            "repeats": args.repeats,
+        }
+    )
+    return [g for g in out if any(args.only in f"{g['model']}:{m}" for m in g["methods"])]
 
 
-def skip_reason(case: dict) -> str | None:
-    """Skip a dense-Jacobian method whose Jacobians alone would not fit in 60% of free RAM."""
-    if case["kind"] != "ntk" or case["method"] == "lddyn:structured":
-        return None
-    if case["method"] == "lddyn:jacobian":
-        return None  # chunked under the budget
-    need = (case["o"] + case["b"]) * 10 * num_params(case["model"]) * 4 / 2**20
+def skip_reason(group: dict, method: str) -> str | None:
+    """Skip a dense-Jacobian peer whose Jacobians alone would not fit in 60% of free RAM."""
+    if group["kind"] != "ntk" or method.startswith("lddyn:"):
+        return None  # lddyn chunks under its memory budget
+    need = (group["o"] + group["b"]) * 10 * num_params(group["model"]) * 4 / 2**20
     if need > 0.6 * available_mb():
-        return f"skipped: Jacobians need ~{need / 1024:.0f} GB"
+        return f"skipped: its Jacobians need ~{need / 1024:.0f} GB"
     return None
 
 
-def spawn(case: dict, timeout: float) -> dict:
-    reason = skip_reason(case)
-    if reason:
-        return {**case, "error": reason}
-    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
+def spawn(case: dict, mode: str, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--case", json.dumps({**case, "mode": mode})]
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {**case, "error": f"timeout > {timeout:.0f} s"}
+        return {"error": f"timeout > {timeout:.0f} s"}
     if proc.returncode != 0:
-        return {**case, "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_group(group: dict, args: argparse.Namespace) -> list[dict]:
+    """Timing in one process (interleaved), then memory in one process per method."""
+    base = {k: v for k, v in group.items() if k != "methods"}
+    wanted = [m for m in group["methods"] if args.only in f"{group['model']}:{m}"]
+    runnable = [m for m in wanted if skip_reason(group, m) is None]
+    timing = spawn({**group, "methods": runnable}, "timing", args.timeout) if runnable else {"times": {}}
+    results = []
+    for m in wanted:
+        row = {**base, "method": m}
+        if (reason := skip_reason(group, m)) or (reason := timing.get("error")):
+            results.append({**row, "error": reason})
+            continue
+        mem = spawn({**group, "methods": [m]}, "memory", args.timeout)
+        times = timing["times"][m]
+        results.append(
+            {**row, "time_s": min(times), "times": times, "peak_mb": mem.get("peak_mb", float("nan"))}
+        )
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "times"}), flush=True)
+    return results
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (a["kind"], a["model"], a["o"], a["b"]) == (b["kind"], b["model"], b["o"], b["b"])
+
+
 def report(results: list[dict], peak: float) -> None:
+    """Table: speed-up = peer time / method time (>1: faster), mem = method / peer peak RSS."""
     print(f"float32 matmul peak: {peak:.0f} GFLOP/s; threads={results[0]['threads']}")
-    header = f"{'model':8} {'O':>3} {'B':>4} {'method':20} {'time s':>8} {'peak MB':>8} {'x best peer':>11}"
-    print(header + f" {'mem/peer':>8} {'GFLOP/s':>8} {'%peak':>6}")
+    print(
+        f"{'model':8} {'O':>3} {'B':>4} {'method':20} {'time s':>8} {'peak MB':>8} {'x jac':>6}"
+        f" {'mem/jac':>7} {'x best':>6} {'GFLOP/s':>8} {'%peak':>6}"
+    )
     for r in results:
-        key = (r["kind"], r["model"], r["o"], r["b"])
-        peers = [p for p in results if (p["kind"], p["model"], p["o"], p["b"]) == key and p["method"] in PEERS]
-        peers = [p for p in peers if "time_s" in p]
         line = f"{r['model']:8} {r['o']:>3} {r['b']:>4} {r['method']:20}"
         if "error" in r:
             print(f"{line} {r['error']}")
             continue
+        peers = [p for p in results if _same(p, r) and p["method"] in PEERS and "time_s" in p]
+        jac = next((p for p in peers if p["method"] == "torch.func:jacobian"), None)
         best = min(peers, key=lambda p: p["time_s"]) if peers else None
-        ratio = f"{r['time_s'] / best['time_s']:.2f}" if best else "-"
-        mem = f"{r['peak_mb'] / best['peak_mb']:.2f}" if best and best["peak_mb"] > 0 else "-"
+        x_jac = f"{jac['time_s'] / r['time_s']:6.2f}" if jac else f"{'-':>6}"
+        mem = f"{r['peak_mb'] / jac['peak_mb']:7.2f}" if jac and jac["peak_mb"] > 0 else f"{'-':>7}"
+        x_best = f"{best['time_s'] / r['time_s']:6.2f}" if best else f"{'-':>6}"
         gf = _gflops(r) if r["kind"] == "ntk" else None
         gfs = f"{gf:8.1f} {100 * gf / peak:6.1f}" if gf else f"{'-':>8} {'-':>6}"
-        print(f"{line} {r['time_s']:8.3f} {r['peak_mb']:8.0f} {ratio:>11} {mem:>8} {gfs}")
+        print(f"{line} {r['time_s']:8.3f} {r['peak_mb']:8.0f} {x_jac} {mem} {x_best} {gfs}")
 
 
 def _gflops(r: dict) -> float:
@@ -256,7 +341,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="WRN at O=8, B=64 only")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (digits CNN)")
+    ap.add_argument("--wrn-repeats", type=int, default=1, help="timed rounds (WRN-28-2)")
     ap.add_argument("--budget-mb", type=float, default=1024.0, help="lddyn memory_budget_mb")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -264,15 +350,13 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
+        case = json.loads(args.case)
+        runner = {"memory": run_memory, "timing": run_timing, "peak": run_peak}[case["mode"]]
+        print(json.dumps(runner(case)))
         return
     print(f"load average before: {os.getloadavg()}")
-    peak = matmul_peak(args.threads)
-    results = []
-    for case in cases(args):
-        if args.only in f"{case['model']}:{case['method']}":
-            results.append(spawn(case, args.timeout))
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "times"}), flush=True)
+    peak = spawn({"threads": args.threads}, "peak", args.timeout)["gflops"]
+    results = [r for g in groups(args) for r in run_group(g, args)]
     report(results, peak)
     print(f"load average after: {os.getloadavg()}")
     if args.json:

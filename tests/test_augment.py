@@ -208,6 +208,15 @@ def test_crop_flip_hand_computed() -> None:
     flipped = crop_flip(x, 0 * one, 2 * one, torch.ones(1, dtype=torch.bool), pad=1)[0, 0]
     assert torch.equal(flipped, expected.flip(1))
     assert torch.equal(crop_flip(x, one, one, torch.zeros(1, dtype=torch.bool), pad=1), x)  # centre crop
+    no_flip = torch.zeros(1, dtype=torch.bool)
+    low_left = crop_flip(x, 2 * one, 0 * one, no_flip, pad=1)[0, 0]  # source rows +1, columns -1
+    expected = torch.tensor(
+        [[0, 5, 6, 7], [0, 9, 10, 11], [0, 13, 14, 15], [0, 0, 0, 0]], dtype=torch.float32
+    )
+    assert torch.equal(low_left, expected)
+    corner = torch.zeros(4, 4)
+    corner[3, 0] = 4.0  # pad 3, top 0, left 6: out[i, j] = x[i - 3, j + 3]
+    assert torch.equal(crop_flip(x, 0 * one, 6 * one, no_flip, pad=3)[0, 0], corner)
 
 
 def test_cutout_hand_computed() -> None:

@@ -142,6 +142,61 @@ def test_every_structured_route_is_exact(route: str, trace: bool) -> None:
     assert (k - ref).abs().max() <= 1e-10
 
 
+@pytest.mark.parametrize("trace", [False, True])
+def test_factored_layer_jacobian_formed_in_chunks(trace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide enough for a factored (LazyJac) conv weight, contracted one x2 sample at a time."""
+    model = randomise_norms(build_model("cnn", num_classes=5, image_shape=SHAPE, width=16)).double().eval()
+    x1, x2 = inputs(3), inputs(4)
+    params, state = trainable_params(model), frozen_state(model)
+    plan = st.build_plan(model, params, state, x1)
+    for site in plan.sites:
+        site.route = "jacobian"
+    f1 = lw.structured_features(model, plan, params, state, x1)
+    f2 = lw.structured_features(model, plan, params, state, x2)
+    assert any(isinstance(b, ct.LazyJac) for b in f2.jac)
+    monkeypatch.setattr(ct, "LAZY_CHUNK_ELEMS", 1)
+    ref = naive_ntk(model, x1, x2)
+    ref = ref.diagonal(dim1=2, dim2=3).sum(-1) if trace else ref
+    assert (ct.contract(f1, f2, trace, max_elems=1 << 20) - ref).abs().max() <= 1e-10
+
+
+class ConvZoo(nn.Module):
+    """Strided, 1x1 and dilated convolutions, GroupNorm, and a Linear over a token axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.c2 = nn.Conv2d(4, 4, 1, bias=False)
+        self.c3 = nn.Conv2d(4, 6, 3, dilation=2, padding=2)
+        self.tok = nn.Linear(6, 6)  # applied to (N, tokens, 6)
+        self.ln = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h = torch.tanh(self.c3(torch.tanh(self.c2(torch.tanh(self.gn(self.c1(x)))))))
+        h = self.ln(torch.tanh(self.tok(h.flatten(2).transpose(1, 2)))).mean(1)
+        return {"feat": h, "logits": self.head(h)}
+
+
+@pytest.mark.parametrize("route", ["gram", "jacobian"])
+def test_conv_variants_and_token_linear_are_exact(route: str) -> None:
+    model = randomise_norms(ConvZoo()).double()
+    x1, x2 = inputs(3), inputs(2)
+    params, state = trainable_params(model), frozen_state(model)
+    plan = st.build_plan(model, params, state, x1)
+    assert not plan.generic
+    for site in plan.sites:
+        site.route = route
+    f1 = lw.structured_features(model, plan, params, state, x1)
+    f2 = lw.structured_features(model, plan, params, state, x2)
+    ref = naive_ntk(model, x1, x2)
+    assert (ct.contract(f1, f2, False, max_elems=64) - ref).abs().max() <= 1e-10
+    assert (
+        ct.contract(f1, f2, True, max_elems=64) - ref.diagonal(dim1=2, dim2=3).sum(-1)
+    ).abs().max() <= 1e-10
+
+
 class Scale(nn.Module):
     """A parametrised layer the structured path does not know: x * a + b per feature."""
 

@@ -119,5 +119,11 @@ def ls() -> None:
     console.print(methods)
 
 
+from lddyn.cli.analysis_cmds import check_app, report  # noqa: E402
+
+app.command("report")(report)
+app.add_typer(check_app, name="check")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

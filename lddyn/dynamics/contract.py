@@ -1,9 +1,11 @@
 """Kernel contractions over per-sample features, and the blocking that bounds their memory.
 
-Features are class-major (C classes, n samples of a chunk):
+Features (C classes, n samples of a chunk):
 
-* Jacobian column blocks ``J (C, n, P)``: rows ∂z_c(x_i)/∂θ over P parameters.
-  K[i, j, c, d] = J1[c, i] · J2[d, j], one GEMM of (C·n1, P) by (P, C·n2) per block.
+* Jacobian column blocks ``J (n, C, P)``: rows ∂z_c(x_i)/∂θ over P parameters.
+  K[i, j, c, d] = J1[i, c] · J2[j, d], one GEMM of (n1·C, P) by (P, n2·C) per block. A layer's
+  weight Jacobian may stay factored (``LazyJac``: cotangents and patches) and be formed in
+  small sample chunks during the contraction, so the large (n, C, O·K) block never exists.
 * Gram features of a patch layer (Linear or Conv2d weight, W ∈ R^{O×K}, S output positions):
   inputs ``p (n, S, K)`` (unfolded patches) and output cotangents ``g (C, n, S, O)``. Since
   J_ic = Σ_s g_ic[s] ⊗ p_i[s],  K[i, j, c, d] = Σ_{s,t} (g_ic[s] · g_jd[t]) (p_i[s] · p_j[t]),
@@ -18,28 +20,71 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+#: Elements of a factored Jacobian formed at once while contracting (~16 MB in float32).
+LAZY_CHUNK_ELEMS = 1 << 22
+
+
+class LazyJac:
+    """A weight Jacobian J[i, c] = Σ_s g[i, c, :, s] ⊗ p[i, s] kept as its factors.
+
+    g: (n, C, O, S) output cotangents, p: (n, S, K) patches. ``rows`` forms J for a sample range
+    with one batched GEMM of C·O rows per sample; ``full`` forms and caches the whole block.
+    """
+
+    def __init__(self, g: Tensor, p: Tensor) -> None:
+        self.g, self.p, self._full = g, p, None
+        self.shape = (g.shape[0], g.shape[1], g.shape[2] * p.shape[2])
+
+    def rows(self, lo: int, hi: int) -> Tensor:
+        n, c, o, s = self.g[lo:hi].shape
+        return torch.bmm(self.g[lo:hi].reshape(n, c * o, s), self.p[lo:hi]).view(n, c, -1)
+
+    def full(self) -> Tensor:
+        if self._full is None:
+            self._full = self.rows(0, self.shape[0])
+        return self._full
+
 
 @dataclass
 class Features:
     """Per-sample features of a chunk: Jacobian column blocks plus the Gram-route layers."""
 
-    jac: list[Tensor] = field(default_factory=list)  # blocks (C, n, P_b), same layout on both sides
+    jac: list[Tensor | LazyJac] = field(default_factory=list)  # blocks (n, C, P_b), same on both sides
     grams: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [(p (n,S,K), g (C,n,S,O))]
 
 
-def contract_jac(j1: list[Tensor], j2: list[Tensor], trace: bool) -> Tensor:
+def contract_jac(j1: list[Tensor | LazyJac], j2: list[Tensor | LazyJac], trace: bool) -> Tensor:
     """Σ_blocks J1 J2ᵀ: (n1, n2, C, C), or its trace over classes (n1, n2).
 
-    The full kernel accumulates every block into one (C·n1, C·n2) matrix with ``addmm``.
+    Accumulates every block into one transposed (n2·C, n1·C) matrix with ``addmm``; a factored
+    block on the x2 side is formed in chunks of about 4 M elements and contracted at once.
     """
-    c, n1, _ = j1[0].shape
-    n2 = j2[0].shape[1]
-    if trace:  # Σ_c J1[c] J2[c]ᵀ: one batched GEMM over classes per block
-        return sum(torch.bmm(a, b.transpose(1, 2)).sum(0) for a, b in zip(j1, j2, strict=True))
-    acc = j1[0].new_zeros(c * n1, c * n2)
+    n1, c, _ = j1[0].shape
+    n2 = j2[0].shape[0]
+    acc = _new(j1[0], (n2, n1) if trace else (n2 * c, n1 * c))
     for a, b in zip(j1, j2, strict=True):
-        acc.addmm_(a.reshape(c * n1, -1), b.reshape(c * n2, -1).T)
-    return acc.view(c, n1, c, n2).permute(1, 3, 0, 2)
+        a = a.full() if isinstance(a, LazyJac) else a
+        step = max(1, LAZY_CHUNK_ELEMS // (c * b.shape[2])) if isinstance(b, LazyJac) else n2
+        for lo in range(0, n2, step):
+            hi = min(n2, lo + step)
+            bb = b.rows(lo, hi) if isinstance(b, LazyJac) else b[lo:hi]
+            _accumulate(acc, lo, hi, a, bb, trace)
+    return acc.T if trace else acc.view(n2, c, n1, c).permute(2, 0, 3, 1)
+
+
+def _new(like: Tensor | LazyJac, shape: tuple[int, int]) -> Tensor:
+    ref = like.g if isinstance(like, LazyJac) else like
+    return ref.new_zeros(shape)
+
+
+def _accumulate(acc: Tensor, lo: int, hi: int, a: Tensor, b: Tensor, trace: bool) -> None:
+    """acc[rows of x2 samples lo:hi] += J2 J1ᵀ (or Σ_c J2[:, c] J1[:, c]ᵀ)."""
+    n1, c, _ = a.shape
+    if trace:
+        for k in range(c):
+            acc[lo:hi].addmm_(b[:, k], a[:, k].T)
+    else:
+        acc[lo * c : hi * c].addmm_(b.reshape((hi - lo) * c, -1), a.reshape(n1 * c, -1).T)
 
 
 def contract_gram(p1: Tensor, g1: Tensor, p2: Tensor, g2: Tensor, trace: bool, max_elems: int) -> Tensor:

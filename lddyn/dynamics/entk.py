@@ -6,15 +6,23 @@ Implementations, chosen by ``NTKImpl`` (the neural-tangents pattern: an enum and
 
 * ``JACOBIAN``: per-sample Jacobians by ``vmap(jacrev)``, contracted per chunk (PyTorch tutorial).
 * ``NTK_VP``: NTK-vector products: rows J_icᵀ by a batched VJP, pushed through x2 by JVPs.
-* ``STRUCTURED``: layer by layer from activations and output cotangents (``structured.py``);
-  unknown layers fall back to exact per-sample Jacobians for their parameters only.
+* ``STRUCTURED``: layer by layer from activations and output cotangents (plan in
+  ``structured.py``, features in ``layerwise.py``, contractions in ``contract.py``): per Linear /
+  Conv2d weight the cheaper of the Gram route (patch Grams ⊙ cotangent Grams) and a per-layer
+  Jacobian formed in chunks; biases and norm affines from summed cotangents. Unknown layers fall
+  back to exact per-sample Jacobians for their parameters only (``explain_ntk`` shows it).
 * ``AUTO``: ``STRUCTURED`` when structured layers hold most parameters, else ``JACOBIAN``.
+
+Chunking: features are built for chunks of x1 and x2 sized by ``memory_budget_mb`` (estimated
+feature bytes per sample; the output and the model's own activations are not counted), in the
+order that rebuilds the fewest samples (``contract.block_plan``).
 
 .. warning:: The kernel is evaluated with normalisation layers in **eval mode**. A BatchNorm
    model in train mode normalises by batch statistics, which couples samples and updates the
    running buffers; the per-sample kernel here uses the *running statistics* instead, whatever
    the model's mode, and never writes a buffer. It therefore differs from the Jacobian of a
-   train-mode forward; ``lddyn.dynamics.decompose`` reports that gap.
+   train-mode forward; ``lddyn.dynamics.decompose`` reports that gap. Other layers keep the
+   model's mode, so put a model with dropout in eval mode first (the kernel would be random).
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from lddyn.dynamics import structured as st
 from lddyn.dynamics import layerwise as lw
+from lddyn.dynamics import structured as st
 from lddyn.dynamics.contract import Features, block_plan, blockwise, contract
 from lddyn.dynamics.functional import Params, frozen_state, logits_fn, norm_eval, trainable_params
 

@@ -5,8 +5,10 @@ a zero tensor added to each site output makes ∂z_c/∂y its gradient. Then, fo
 backward of Σ_n z_c(x_n) gives every sample's cotangent g_c at every site, which is folded into
 that site's features at once and dropped: peak memory holds one class of cotangents, not C.
 
-Layouts (class-major, C classes, n samples): Jacobian blocks (C, n, numel); Gram features
-p (n, S, K) and g (C, n, S, O).
+Layouts (C classes, n samples): Jacobian blocks (n, C, numel), sample-major like ``jacrev``;
+Gram features p (n, S, K) and g (C, n, S, O). A per-layer weight Jacobian keeps the C cotangents
+(n, C, O, S) of its layer and its patches (``LazyJac``); Σ_s g[s] ⊗ p[s] is formed in batched
+GEMMs of C·O rows per sample, in chunks, while contracting.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lddyn.dynamics.contract import Features
+from lddyn.dynamics.contract import Features, LazyJac
 from lddyn.dynamics.functional import Params, logits_fn, norm_eval
 from lddyn.dynamics.structured import NTKPlan, Site, jac_layout
 
@@ -42,24 +44,27 @@ class PatchBuilder:
         else:
             self.p = a.reshape(n, -1, a.shape[-1]).contiguous()
         self.site, self.conv = site, isinstance(m, nn.Conv2d)
-        s, k, o = self.p.shape[1], self.p.shape[2], site.o
+        s, o = self.p.shape[1], site.o
         has_w = "weight" in site.params
-        self.w = a.new_empty(c, n, o, k) if has_w and site.route == "jacobian" else None
+        self.gw = a.new_empty(n, c, o, s) if has_w and site.route == "jacobian" else None
         self.g = a.new_empty(c, n, s, o) if has_w and site.route == "gram" else None
-        self.b = a.new_empty(c, n, o) if "bias" in site.params else None
+        self.b = a.new_empty(n, c, o) if "bias" in site.params else None
 
     def add(self, cls: int, g: Tensor) -> None:
         n = g.shape[0]
         gos = g.reshape(n, self.site.o, -1) if self.conv else g.reshape(n, -1, self.site.o).transpose(1, 2)
-        if self.w is not None:  # Σ_s g[s] ⊗ p[s]: (n, O, K)
-            torch.bmm(gos, self.p, out=self.w[cls])
+        if self.gw is not None:
+            self.gw[:, cls] = gos
         if self.g is not None:
             self.g[cls] = gos.transpose(1, 2)
         if self.b is not None:
-            self.b[cls] = gos.sum(2)
+            self.b[:, cls] = gos.sum(2)
 
-    def blocks(self) -> dict[str, Tensor]:
-        out = {} if self.w is None else {"weight": self.w.flatten(2)}
+    def blocks(self) -> dict[str, Tensor | LazyJac]:
+        out: dict[str, Tensor | LazyJac] = {}
+        if self.gw is not None:  # Σ_s g[s] ⊗ p[s], formed during the contraction when large
+            lazy = LazyJac(self.gw, self.p)
+            out["weight"] = lazy if lazy.shape[2] >= 4096 else lazy.full()
         return out if self.b is None else {**out, "bias": self.b}
 
     def gram(self) -> tuple[Tensor, Tensor] | None:
@@ -77,13 +82,13 @@ class NormBuilder:
         else:  # channels on dim 1 of the layer input
             self.fold = lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(2)
         d = self.fold(self.xhat).shape[1]
-        self.out = {r: a.new_empty(c, a.shape[0], d) for r in site.params}
+        self.out = {r: a.new_empty(a.shape[0], c, d) for r in site.params}
 
     def add(self, cls: int, g: Tensor) -> None:
         if "weight" in self.out:
-            self.out["weight"][cls] = self.fold(g * self.xhat)
+            self.out["weight"][:, cls] = self.fold(g * self.xhat)
         if "bias" in self.out:
-            self.out["bias"][cls] = self.fold(g)
+            self.out["bias"][:, cls] = self.fold(g)
 
     def blocks(self) -> dict[str, Tensor]:
         return self.out
@@ -116,10 +121,12 @@ def _forward(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: 
 
 
 def site_blocks(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor) -> tuple:
-    """Per-site Jacobian blocks (param name -> (C, n, numel)) and Gram features, C backwards."""
+    """Per-site Jacobian blocks (param name -> (n, C, numel)) and Gram features, C backwards."""
     logits, inputs, deltas = _forward(model, plan, params, state, x)
     c = logits.shape[1]
-    builders = [(NormBuilder if s.kind == "norm" else PatchBuilder)(s, inputs.pop(s.name), c) for s in plan.sites]
+    builders = [
+        (NormBuilder if s.kind == "norm" else PatchBuilder)(s, inputs.pop(s.name), c) for s in plan.sites
+    ]
     ds = [deltas[s.name] for s in plan.sites]
     for k in range(c):  # a loop of C backwards beats one vmapped backward on CPU
         gk = torch.autograd.grad(logits[:, k].sum(), ds, retain_graph=k < c - 1, allow_unused=True)
@@ -132,7 +139,7 @@ def site_blocks(model: nn.Module, plan: NTKPlan, params: Params, state: Params, 
 def generic_jacobians(
     model: nn.Module, names: list[str], params: Params, state: Params, x: Tensor
 ) -> dict[str, Tensor]:
-    """Exact per-sample Jacobians (C, n, numel) of the named parameters via vmap(jacrev)."""
+    """Exact per-sample Jacobians (n, C, numel) of the named parameters via vmap(jacrev)."""
     sub = {n: params[n] for n in names}
     rest = {n: p for n, p in params.items() if n not in sub}
     f = logits_fn(model, state)
@@ -142,7 +149,7 @@ def generic_jacobians(
 
     with norm_eval(model):
         jac = torch.func.vmap(torch.func.jacrev(one), (None, 0))(sub, x)
-    return {n: j.reshape(x.shape[0], j.shape[1], -1).transpose(0, 1) for n, j in jac.items()}
+    return {n: j.reshape(x.shape[0], j.shape[1], -1) for n, j in jac.items()}
 
 
 def structured_features(
@@ -158,4 +165,4 @@ def structured_features(
     ordered = [blocks.pop(name) for name, _ in jac_layout(plan, params)]
     big = [b for b in ordered if b.shape[-1] >= 4096]
     small = [b for b in ordered if b.shape[-1] < 4096]
-    return Features(big + ([torch.cat(small, dim=2)] if small else []), grams)
+    return Features(big + ([torch.cat(small, dim=2)] if small else []), grams)  # type: ignore[list-item]

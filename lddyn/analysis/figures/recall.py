@@ -1,24 +1,51 @@
-"""Per-class recall, head to tail, at the last evaluation of each run (raw and debiased)."""
+"""Per-class recall, head to tail, at the last evaluation of each run (raw and debiased).
+
+One colour per run; solid lines are the debiased logits (after the methods' test-time hooks, e.g.
+CDMAD's baseline subtraction), dashed the raw ones where they differ, so a test-time method's
+gain on the tail classes is the gap between the two lines of one colour.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lddyn.analysis.figures.theme import new_figure
+from lddyn.analysis.dynamics import run_label
+from lddyn.analysis.figures.theme import HEAD_TO_TAIL, colors, new_figure
 from lddyn.sinks.parquet import read_table
+
+
+def name_of(run_dir: Path) -> str:
+    name, methods = Path(run_dir).name, run_label(run_dir)
+    return name if methods in name else f"{name} ({methods})"
+
+
+def draw_run(ax: Axes, last: pd.DataFrame, name: str, color: tuple) -> None:
+    views = {d: rows.sort_values("cls") for d, rows in last.groupby("debiased")}
+    raw, debiased = views.get(False), views.get(True)
+    same = raw is not None and debiased is not None and np.allclose(raw.value, debiased.value)
+    if same or debiased is None:
+        rows = raw if raw is not None else debiased
+        ax.plot(rows.cls, rows.value, marker="o", ms=3, color=color, label=name)
+        return
+    ax.plot(debiased.cls, debiased.value, marker="o", ms=3, color=color, label=f"{name}, debiased")
+    if raw is not None:
+        ax.plot(raw.cls, raw.value, marker="o", ms=2, ls="--", color=color, label=f"{name}, raw")
 
 
 def plot(run_dirs: Sequence[Path]) -> Figure:
     fig, (ax,) = new_figure(1, width=5.0)
-    for run_dir in run_dirs:
+    for run_dir, color in zip(run_dirs, colors(len(run_dirs)), strict=True):
         metrics = read_table(run_dir, "metrics")
         last = metrics[(metrics.step == metrics.step.max()) & (metrics.metric == "recall")]
-        for debiased, rows in last.groupby("debiased"):
-            label = f"{Path(run_dir).name} ({'debiased' if debiased else 'raw'})"
-            ax.plot(rows.cls, rows.value, marker="o", ls="-" if debiased else "--", label=label)
-    ax.set(xlabel="class (head to tail)", ylabel="recall", ylim=(0, 1.02), title="per-class recall")
-    ax.legend(fontsize="x-small")
+        draw_run(ax, last, name_of(Path(run_dir)), color)
+    ax.set(
+        xlabel=HEAD_TO_TAIL, ylabel="recall", ylim=(-0.02, 1.02), title="per-class recall, last evaluation"
+    )
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig

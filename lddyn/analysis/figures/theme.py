@@ -8,9 +8,18 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
 
+PALETTE = "colorblind"
+DIVERGING = "vlag"  # blue-white-red, readable with the common colour-vision deficiencies
+HEAD_TO_TAIL = "class (head → tail)"
+
 
 def apply_theme() -> None:
-    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE)
+
+
+def colors(n: int) -> list[tuple[float, float, float]]:
+    """n colours of the shared palette (cycled past its 10)."""
+    return sns.color_palette(PALETTE, n)
 
 
 def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, list[plt.Axes]]:
