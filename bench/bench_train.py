@@ -75,7 +75,10 @@ def main() -> None:
             best[name] = max(best[name], steps_per_second(overrides, args.steps))
         model_only = max(model_only, model_only_steps_per_second(args.steps))
     base = best["no probe"]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} steps, best of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.steps} steps, best of {args.repeats}"
+    )
     print("| case | steps/s | ms/step | probe cost per step |")
     print("|---|---|---|---|")
     for name, rate in best.items():

@@ -150,7 +150,8 @@ class RecordConfig:
     dense_until: int = non_negative(0)  # ... and at every step up to this one
     obs_per_class: int = non_negative(1)  # test images per class observed
     baseline: bool = True  # observe the baseline image(s) of probe.colors
-    tracked: int = non_negative(0)  # training samples tracked per set (labeled, unlabeled), spread over classes
+    # training samples tracked per set (labeled, unlabeled), spread over classes
+    tracked: int = non_negative(0)
     by: tuple[str, ...] = _f(
         GROUPINGS, lambda v: set(v) <= set(GROUPINGS) and len(v) > 0, f"a non-empty subset of {GROUPINGS}"
     )

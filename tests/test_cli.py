@@ -72,8 +72,14 @@ def tables(run: Path) -> dict[str, pd.DataFrame]:
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     args = overrides(
-        "train.steps=120", "train.eval_every=20", "probe.every=10", "train.checkpoint_every=20",
-        "record.dynamics=true", "record.every=15", "record.tracked=2", "record.per_sample_every=30",
+        "train.steps=120",
+        "train.eval_every=20",
+        "probe.every=10",
+        "train.checkpoint_every=20",
+        "record.dynamics=true",
+        "record.every=15",
+        "record.tracked=2",
+        "record.per_sample_every=30",
     )
     full, killed = tmp_path / "full", tmp_path / "killed"
     cli("run", "--probe", "baseline", "--out", str(full), "-q", *args)
