@@ -1,11 +1,14 @@
-"""Training-step throughput on the digits default, with and without the baseline probe.
+"""Training-step throughput on the digits default with and without the baseline probe, and batched
+augmentation throughput against a per-image PIL pipeline (bench_augment.py), from one run.
 
 Prints steps/s of the digits-dytrim preset (all callbacks, no progress display) without the
 probe, with the probe at its default period and with the probe at every step, and the model's own
 compute for one step (no-grad weak forward of muB images, forward/backward of the labeled batch and
 the strong views, Adam) as the reference. Ratios are against numbers measured in this same run.
 
-    python bench/bench_train.py [--steps 300] [--repeats 3]
+The augmentation part is bench_augment.py's table (CIFAR size, 32x32, batch 448).
+
+    python bench/bench_train.py [--steps 300] [--repeats 3] [--aug-repeats 15]
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tempfile
 import time
 
 import torch
+from bench_augment import report as augment_report
+from bench_augment import run as augment_run
 
 from lddyn.config import load_config
 from lddyn.train.run import build_callbacks
@@ -62,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--aug-repeats", type=int, default=15)
+    parser.add_argument("--aug-batch", type=int, default=448)
     args = parser.parse_args()
     cases = {
         "no probe": ["probe.baseline=false"],
@@ -85,7 +92,8 @@ def main() -> None:
         cost = "" if name == "no probe" else f"{100 * (base / rate - 1):+.1f} %"
         print(f"| {name} | {rate:.1f} | {1000 / rate:.1f} | {cost} |")
     print(f"| model compute only | {model_only:.1f} | {1000 / model_only:.1f} | |")
-    print(f"whole step / model compute: {model_only / base:.2f}x")
+    print(f"whole step / model compute: {model_only / base:.2f}x\n")
+    augment_report(augment_run(args.aug_batch, args.aug_repeats), args.aug_batch)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,12 @@ def one_of(default: str, *choices: str) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = one_of("digits", "digits", "cifar10", "cifar100")
-    root: str | None = None
+    dataset: str = one_of("digits", "digits", "cifar10", "cifar100", "stl10", "smallimagenet127", "mnist")
+    root: str | None = None  # folder holding the original files (docs/data.md); never downloaded
+    # side of the images the model sees; None = the files' own (STL-10 96, MNIST 28, CIFAR 32);
+    # other sizes are resized at load, except smallimagenet127, where 32 | 64 picks the pickles
+    image_size: int | None = _f(None, lambda v: v >= 8, ">= 8 or null")
+    labeled_fraction: float = unit_open_closed(0.1)  # smallimagenet127: labeled share of each class
     num_max: int = at_least(40, 1)  # N1: labeled count of the head class
     num_max_u: int = non_negative(80)  # M1: extra unlabeled count of the head class
     imb_ratio: float = at_least(20.0, 1.0)  # gamma_l
@@ -78,6 +82,9 @@ class DataConfig:
     reverse_unlabeled: bool = False  # reverse the per-class extra unlabeled counts (tail-heavy U)
     test_per_class: int = at_least(50, 1)
     shuffle_within_class: bool = True  # False = file order, as the reference does for CIFAR-10/STL-10
+    # with shuffle_within_class: draw as the reference's CIFAR-100 code (np.random.seed(data_seed),
+    # np.random.shuffle per class; seed 0 = file order), so its splits are matched index for index
+    legacy_shuffle: bool = False
     data_seed: int = 0
     flip: bool = False  # horizontal flips (off for digits, whose classes are not mirror-symmetric)
     ra_n: int = non_negative(3)
@@ -86,7 +93,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = one_of("cnn", "cnn", "mlp", "wrn28_2")
+    name: str = one_of("cnn", "cnn", "mlp", "wrn28_2", "resnet50")
     width: int = at_least(32, 1)
     norm: str = one_of("batch", "batch", "layer", "none")
     bn_momentum: float = unit_closed(0.1)
@@ -127,8 +134,22 @@ class TrainConfig:
     eval_every: int = at_least(100, 1)
     checkpoint_every: int = at_least(250, 1)
     log_every: int = at_least(10, 1)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when one is visible, else cpu)
     threads: int = non_negative(0)  # 0 = torch's default
+    precision: str = one_of("fp32", "fp32", "bf16")  # bf16 = autocast of the training forwards
+    channels_last: bool = False  # NHWC weights and activations (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the student's forward
+    deterministic: bool = False  # deterministic kernels only (torch.use_deterministic_algorithms)
+    data_placement: str = one_of("auto", "auto", "device", "host")  # training images on the device?
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process single runs under ``torchrun``; ignored in a single process."""
+
+    batch_scope: str = one_of("global", "global", "per_device")  # what ssl.batch_size counts
+    sync_bn: bool = True  # BatchNorm statistics over the global batch (equal to one process)
+    backend: str = one_of("auto", "auto", "gloo", "nccl")  # auto = nccl on cuda, gloo on cpu
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     record: RecordConfig = RecordConfig()
+    distributed: DistributedConfig = DistributedConfig()
     methods: tuple[MethodConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,8 +309,10 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
 
 
 def _check_consistency(cfg: RunConfig) -> None:
-    if cfg.train.device != "cpu" and not cfg.train.device.startswith("cuda"):
-        raise ConfigError("train.device", cfg.train.device, "cpu | cuda | cuda:N")
+    if cfg.train.device not in ("cpu", "auto") and not cfg.train.device.startswith("cuda"):
+        raise ConfigError("train.device", cfg.train.device, "cpu | cuda | cuda:N | auto")
+    if cfg.data.dataset == "smallimagenet127" and cfg.data.image_size not in (None, 32, 64):
+        raise ConfigError("data.image_size", cfg.data.image_size, "32 | 64 for smallimagenet127")
 
 
 # --- presets and overrides --------------------------------------------------------------------------

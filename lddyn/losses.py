@@ -8,6 +8,7 @@ reshape a step by editing fields (targets, weights, logit offsets) rather than r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -40,13 +41,18 @@ class LossTerm:
     logit_offset: Tensor | None = None  # (C,) or (N, C) added to the logits inside the loss only
     labeled: bool = True
     inputs: Tensor | None = None  # (N, ...) the (augmented) inputs the logits came from, for per-sample eNTKs
+    # Per-sample unweighted loss from the loss logits, for terms that are not a cross-entropy against
+    # ``targets`` (a batch-coupled term written as per-sample pieces with the exact gradient). None = soft CE.
+    loss_fn: Callable[[Tensor], Tensor] | None = None
 
     def loss_logits(self) -> Tensor:
         """Logits as the loss sees them (after any logit adjustment)."""
         return self.logits if self.logit_offset is None else self.logits + self.logit_offset
 
     def unweighted(self) -> Tensor:
-        """Per-sample soft cross-entropy, shape (N,), before weights and normaliser."""
+        """Per-sample loss (soft CE unless ``loss_fn``), shape (N,), before weights and normaliser."""
+        if self.loss_fn is not None:
+            return self.loss_fn(self.loss_logits())
         return -(self.targets * F.log_softmax(self.loss_logits(), dim=-1)).sum(-1)
 
     def per_sample(self) -> Tensor:

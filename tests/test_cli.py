@@ -19,7 +19,7 @@ SHORT = ("train.steps=30", "train.eval_every=10", "probe.every=10", "train.check
 RECORDED = ("observations", "dynamics", "realised", "dynamics_samples")
 SCHEMAS = {
     "metrics": ["step", "split", "cls", "metric", "value", "debiased"],
-    "train": ["step", "quantity", "value"],
+    "train": ["step", "quantity", "value", "phase"],
     "baseline": ["step", "source", "color", "cls", "prob", "logit"],
     "pruning": ["step", "set", "cls", "kept", "total", "mean_weight"],
 }

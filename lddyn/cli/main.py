@@ -13,6 +13,7 @@ from rich.table import Table
 from lddyn.config import ConfigError, load_config, preset_names, preset_path
 from lddyn.methods import METHODS
 from lddyn.sinks.parquet import CorruptPartError
+from lddyn.train.distributed import is_main_process, world_from_env
 from lddyn.train.run import RunDirError, resume_run, start_run
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Learning dynamics of long-tailed SSL.")
@@ -33,6 +34,9 @@ def run(
     set_: list[str] = typer.Option([], "--set", "-s", help="override, key.sub=value (repeatable)"),
     probe: list[str] = typer.Option([], "--probe", help="probes to attach: baseline"),
     record: list[str] = typer.Option([], "--record", help="recorders to attach: dynamics"),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="folder with the original data files (= --set data.root=...)"
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/PRESET-TIME)"),
     resume: Path | None = typer.Option(None, "--resume", help="continue a killed run from its checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
@@ -43,7 +47,7 @@ def run(
         if resume is not None:
             run_dir = resume_run(resume, progress=not quiet)
         else:
-            overrides = list(set_)
+            overrides = ([f"data.root={data_root}"] if data_root is not None else []) + list(set_)
             for name in probe:
                 if name != "baseline":
                     raise ConfigError("--probe", name, "baseline")
@@ -53,9 +57,14 @@ def run(
                     raise ConfigError("--record", name, "dynamics")
                 overrides.append("record.dynamics=true")
             cfg = load_config(preset, overrides)
+            if out is None and world_from_env()[1] > 1:  # a time stamp could differ between processes
+                raise ConfigError("--out", None, "a run directory (required under torchrun)")
             run_dir = out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-            console.print(f"run directory: {run_dir}", highlight=False)
+            if is_main_process():
+                console.print(f"run directory: {run_dir}", highlight=False)
             run_dir = start_run(cfg, run_dir, progress=not quiet)
+        if not is_main_process():
+            return
         print_summary(run_dir)
         if not no_plot:
             from lddyn.analysis.figures import plot_all
@@ -85,6 +94,45 @@ def plot(
         fail(exc)
         return
     console.print(" ".join(str(p) for p in written), highlight=False)
+
+
+@app.command()
+def table(
+    runs: list[str] = typer.Argument(..., help="run directories, glob patterns or folders of runs"),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown | csv | latex"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="write to this file (default: print)"),
+    stat: str = typer.Option(
+        "final,best,last20_mean,last20_median", "--stat", help="statistics, comma-separated"
+    ),
+    view: str = typer.Option("raw,debiased", "--view", help="raw, debiased or both"),
+    metric: str = typer.Option("bacc,gm,many,medium,few", "--metric", help="columns, comma-separated"),
+) -> None:
+    """Paper-style table: mean ± std over seeds per setting, from finished run directories."""
+    from lddyn.analysis.table import FORMATS, expand_run_paths, paper_table, render
+
+    def items(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    try:
+        if fmt not in FORMATS:
+            raise ConfigError("--format", fmt, " | ".join(FORMATS))
+        found = expand_run_paths(runs)
+        unfinished = [r.name for r in found if r.status != "finished"]
+        if unfinished:
+            err.print(f"[yellow]not finished, left out:[/] {', '.join(unfinished)}", highlight=False)
+        finished = [r for r in found if r.status == "finished"]
+        if not finished:
+            raise FileNotFoundError(f"no finished run among {[r.name for r in found]}")
+        text = render(paper_table(finished, items(stat), items(view), items(metric)), fmt)
+    except EXPECTED as exc:
+        fail(exc)
+        return
+    if out is None:
+        print(text, end="")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"{fmt} table of {len(finished)} runs written to {out}", highlight=False)
 
 
 def print_summary(run_dir: Path) -> None:

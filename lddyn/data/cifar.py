@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lddyn.data.errors import DataFileError
+
 CIFAR = {
     "cifar10": {
         "folder": "cifar-10-batches-py",
@@ -31,10 +33,6 @@ CIFAR = {
         "classes": 100,
     },
 }
-
-
-class DataFileError(ValueError):
-    """A data file that is missing, unreadable or of the wrong shape; the message names it."""
 
 
 def _folder(root: str | Path | None, name: str) -> Path:
@@ -74,3 +72,6 @@ def load_cifar(name: str, root: str | Path | None, split: str) -> tuple[np.ndarr
     folder = _folder(root, name)
     parts = [_read_batch(folder / f, spec["label_key"], spec["classes"]) for f in spec[split]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+__all__ = ["CIFAR", "DataFileError", "load_cifar"]

@@ -36,17 +36,24 @@ def split_labeled_unlabeled(
     *,
     shuffle: bool,
     seed: int,
+    legacy: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference selection: per class, labeled = first N_k, unlabeled = first N_k + M_k.
 
     The unlabeled set therefore contains the labeled images. With ``shuffle`` the per-class order
-    is a permutation drawn from ``seed`` (the data seed); otherwise it is file order.
+    is a permutation drawn from ``seed`` (the data seed); otherwise it is file order. ``legacy``
+    draws it as the reference's CIFAR-100 code does: np.random.seed(seed), then np.random.shuffle
+    of each class's indices in class order, skipped altogether for seed 0.
     """
     rng = np.random.default_rng(seed)
+    legacy_rng = np.random.RandomState(seed) if legacy else None  # same stream as np.random.seed
     lab, unl = [], []
     for k, (n, m) in enumerate(zip(n_labeled, n_extra, strict=True)):
         idx = np.flatnonzero(labels == k)
-        if shuffle:
+        if shuffle and legacy_rng is not None:
+            if seed != 0:
+                legacy_rng.shuffle(idx)
+        elif shuffle:
             idx = idx[rng.permutation(len(idx))]
         if n + m > len(idx):
             raise ValueError(

@@ -80,9 +80,17 @@ def named_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def group_gradients(
-    model: nn.Module, terms: Sequence[LossTerm], by: Sequence[str] = GROUP_KEYS, with_total: bool = True
+    model: nn.Module,
+    terms: Sequence[LossTerm],
+    by: Sequence[str] = GROUP_KEYS,
+    with_total: bool = True,
+    batched: bool = True,
 ) -> GroupGradients:
-    """One ``autograd.grad`` of each group loss through the live training graph (kept alive).
+    """The gradient of each group loss through the live training graph (kept alive).
+
+    ``batched``: all groups in one vmapped backward (seeds = the groups' 0/1 sample masks over the
+    per-sample losses), which pays the per-op overhead once instead of once per group; it falls
+    back to one ``autograd.grad`` per group where an op has no batching rule.
 
     Exact for the step actually taken: with BatchNorm in train mode the batch statistics
     couple samples, and that coupling is part of each group's gradient. ``.grad`` is untouched.
@@ -94,12 +102,14 @@ def group_gradients(
     logit_grads = [
         torch.autograd.grad(e.sum(), t.logits, retain_graph=True)[0] for e, t in zip(ell, terms, strict=True)
     ]
-    grads = []
     dev_ids = [i.to(e.device) for e, i in zip(ell, ids, strict=True)]
-    for g in range(len(keys)):
-        loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
-        gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
-        grads.append(dict(zip(named, gr, strict=True)))
+    grads = _batched_group_grads(ell, dev_ids, len(keys), named) if batched else None
+    if grads is None:
+        grads = []
+        for g in range(len(keys)):
+            loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
+            gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+            grads.append(dict(zip(named, gr, strict=True)))
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
     total = None
     if with_total:
@@ -108,6 +118,24 @@ def group_gradients(
         )
         total = dict(zip(named, gr, strict=True))
     return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, total)
+
+
+def _batched_group_grads(
+    ell: Sequence[Tensor], ids: Sequence[Tensor], num_groups: int, named: dict[str, nn.Parameter]
+) -> list[dict[str, Tensor | None]] | None:
+    """Σ_{b in g} ∇θ ℓ_b for every group g at once, or None if the batched backward is unsupported."""
+    if num_groups == 0:
+        return []
+    losses = torch.cat([e.reshape(-1) for e in ell])
+    group = torch.cat(list(ids)).to(losses.device)
+    seeds = (torch.arange(num_groups, device=losses.device)[:, None] == group[None, :]).to(losses.dtype)
+    try:
+        gr = torch.autograd.grad(
+            losses, list(named.values()), seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+    except RuntimeError:
+        return None
+    return [{n: (None if v is None else v[g]) for n, v in zip(named, gr, strict=True)} for g in range(num_groups)]
 
 
 def as_tangent(grad: dict[str, Tensor | None], params: Params, scale: float = 1.0) -> Params:

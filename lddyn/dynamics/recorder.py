@@ -190,19 +190,23 @@ class DynamicsRecorder(Callback):
             return
         decomposition, prediction = self.pending
         self.pending = None
-        trainer.sink.add_columns("dynamics", _typed(decomposition.to_columns()))
+        phase = ctx.phase
+        trainer.sink.add_columns("dynamics", _typed(decomposition.to_columns(), phase))
         if decomposition.tracked is not None:
-            trainer.sink.add_columns("dynamics_samples", _typed(decomposition.sample_columns()))
+            trainer.sink.add_columns("dynamics_samples", _typed(decomposition.sample_columns(), phase))
         if prediction is not None:
-            trainer.sink.add_columns("realised", _typed(prediction.measure(trainer.model).to_columns()))
+            measured = prediction.measure(trainer.model).to_columns()
+            trainer.sink.add_columns("realised", _typed(measured, phase))
 
 
-def _typed(columns: dict[str, list]) -> pd.DataFrame:
+def _typed(columns: dict[str, list], phase: str) -> pd.DataFrame:
+    """A frame with compact integer and categorical columns, plus the step's training ``phase``."""
     frame = pd.DataFrame(columns)
+    frame["phase"] = phase
     for col in INT_COLUMNS:
         if col in frame:
             frame[col] = frame[col].astype("Int64")
-    for col in ("term", "quantity", "part"):
+    for col in ("term", "quantity", "part", "phase"):
         if col in frame:
             frame[col] = frame[col].astype("category")
     return frame

@@ -6,7 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lddyn.config import ConfigError, MethodConfig, build_section
-from lddyn.methods import cdmad, dytrim, logit_adjust, resample, reweight  # noqa: F401  (register)
+from lddyn.methods import (  # noqa: F401  (register)
+    alternate,
+    bmb,
+    cdmad,
+    dytrim,
+    flexmatch,
+    freematch,
+    logit_adjust,
+    resample,
+    reweight,
+)
 from lddyn.methods.base import EvalContext, Method, RunInfo, StepContext
 from lddyn.methods.registry import METHODS
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from lddyn.data.sets import class_prior
+from lddyn.train.distributed import replicated_input
 from lddyn.train.events import Callback
 from lddyn.train.forward import baseline_image, baseline_logits, model_mode
 
@@ -28,7 +29,7 @@ def side_effect_free_logits(model: torch.nn.Module, image: Tensor, train: bool) 
     state = {k: v.clone() for k, v in model.named_buffers()}
     state.update(dict(model.named_parameters()))
     x = image.expand(2, *image.shape[1:])  # two copies: same statistics, BatchNorm1d-safe
-    with model_mode(model, True):
+    with model_mode(model, True), replicated_input():  # every process forwards the same image
         return functional_call(model, state, (x,))["logits"][0]
 
 

@@ -12,6 +12,7 @@ from lddyn.probes.baseline import BaselineProbe
 from lddyn.sinks.runinfo import new_run_json, read_run_json, set_status, write_json_atomic
 from lddyn.train.callbacks import EMA, Checkpoint, Evaluate, ProgressDisplay, PruningTable, TrainTable
 from lddyn.train.callbacks.checkpoint import CHECKPOINT, load_trainer_state
+from lddyn.train.distributed import NullSink, barrier, is_main_process
 from lddyn.train.events import Callback
 from lddyn.train.trainer import Trainer
 
@@ -36,14 +37,25 @@ def build_callbacks(cfg: RunConfig, extra: Sequence[Callback] = (), progress: bo
 
 
 def _fit(trainer: Trainer) -> Trainer:
-    run_dir = trainer.run_dir
+    run_dir, main = trainer.run_dir, trainer.dist.is_main
     try:
         trainer.fit()
     except BaseException as exc:
         trainer.sink.flush()  # rows past the last checkpoint are dropped again on resume
-        set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", step=trainer.state.step)
+        if main:
+            set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", step=trainer.state.step)
         raise
-    set_status(run_dir, "finished", step=trainer.state.step, wall_seconds=trainer.state.wall_seconds)
+    if main:
+        set_status(run_dir, "finished", step=trainer.state.step, wall_seconds=trainer.state.wall_seconds)
+    return trainer
+
+
+def _trainer(cfg: RunConfig, run_dir: Path, extra: Sequence[Callback], progress: bool) -> Trainer:
+    """Every process builds the whole trainer and runs every callback; only rank 0 writes."""
+    main = is_main_process()
+    trainer = Trainer(cfg, run_dir, build_callbacks(cfg, extra, progress and main))
+    if not main:
+        trainer.sink = NullSink()
     return trainer
 
 
@@ -51,13 +63,13 @@ def start_run(
     cfg: RunConfig, run_dir: str | Path, *, extra: Sequence[Callback] = (), progress: bool = True
 ) -> Path:
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"run directory {run_dir} is not empty; resume it with --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seeds = {"seed": cfg.train.seed, "data_seed": cfg.data.data_seed}
-    write_json_atomic(run_dir / "run.json", new_run_json(cfg.to_dict(), seeds))
-    trainer = Trainer(cfg, run_dir, build_callbacks(cfg, extra, progress))
-    return _fit(trainer).run_dir
+    if is_main_process():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunDirError(f"run directory {run_dir} is not empty; resume it with --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        seeds = {"seed": cfg.train.seed, "data_seed": cfg.data.data_seed}
+        write_json_atomic(run_dir / "run.json", new_run_json(cfg.to_dict(), seeds))
+    return _fit(_trainer(cfg, run_dir, extra, progress)).run_dir
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -75,7 +87,7 @@ def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress:
     if read_run_json(run_dir).get("status") == "finished":
         return run_dir
     cfg = load_run_config(run_dir)
-    trainer = Trainer(cfg, run_dir, build_callbacks(cfg, extra, progress))
+    trainer = _trainer(cfg, run_dir, extra, progress)
     trainer.sink.check_parts()
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists():
@@ -87,5 +99,7 @@ def resume_run(run_dir: str | Path, *, extra: Sequence[Callback] = (), progress:
         trainer.sink.truncate_after(trainer.state.step)
     else:  # killed before its first checkpoint: start over, keeping no row
         trainer.sink.truncate_after(-1)
-    set_status(run_dir, "running", resumed_from=trainer.state.step)
+    if trainer.dist.is_main:
+        set_status(run_dir, "running", resumed_from=trainer.state.step)
+    barrier()  # no process trains before rank 0 has dropped the rows past the checkpoint
     return _fit(trainer).run_dir

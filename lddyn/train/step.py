@@ -13,56 +13,77 @@ from torch import Tensor
 
 from lddyn.losses import LossTerm
 from lddyn.methods.base import StepContext
+from lddyn.methods.heads import head_logits
+from lddyn.train.device import batch_images
 from lddyn.train.forward import model_mode
 
 if TYPE_CHECKING:
     from lddyn.train.trainer import Trainer
 
 
-def _forward_logits(trainer: Trainer, batches: list[Tensor]) -> list[Tensor]:
-    """Training forward; separate BN batches per input group as the reference does, or one batch."""
+def forward_groups(trainer: Trainer, batches: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Training forward; separate BN batches per input group as the reference does, or one batch.
+
+    Returns one model-output dict per input group (features, logits, extra heads' logits).
+    """
     model = trainer.model
     if trainer.cfg.ssl.separate_bn_batches:
-        return [model(x)["logits"] for x in batches]
-    logits = model(torch.cat(batches))["logits"]
-    return list(logits.split([len(x) for x in batches]))
+        return [model(x) for x in batches]
+    out = model(torch.cat(batches))
+    sizes = [len(x) for x in batches]
+    parts = {k: v.split(sizes) for k, v in out.items()}
+    return [{k: parts[k][i] for k in out} for i in range(len(batches))]
+
+
+def concat_outputs(outs: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
 
 def pseudo_targets(trainer: Trainer, ctx: StepContext, u_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(targets (U, C), pseudo-label (U,), mask (U,)) from the weak view, after method adjustments."""
     cfg = trainer.cfg.ssl
     with torch.no_grad(), model_mode(trainer.model, cfg.pseudo_label_mode == "train"):
-        logits_w = trainer.model(u_w)["logits"]
+        ctx.outputs["weak"] = trainer.model(u_w)
+    logits_w = head_logits(ctx.outputs["weak"])
     for method in trainer.methods:
         logits_w = method.adjust_pseudo_logits(ctx, logits_w)
     probs = torch.softmax(logits_w / cfg.temperature, dim=-1)
     conf, pseudo = probs.max(dim=-1)
     targets = F.one_hot(pseudo, probs.shape[-1]).to(probs.dtype) if cfg.hard_label else probs
-    return targets, pseudo, (conf >= cfg.tau).to(probs.dtype)
+    mask = (conf >= cfg.tau).to(probs.dtype)
+    ctx.probs = probs
+    for method in trainer.methods:
+        mask = method.adjust_mask(ctx, probs, mask).to(probs.dtype)
+    return targets, pseudo, mask
 
 
 def fixmatch_terms(trainer: Trainer, ctx: StepContext) -> list[LossTerm]:
     """Draw the batches, build the supervised and consistency terms of one step."""
     cfg, data, gen = trainer.cfg.ssl, trainer.data, trainer.gen_data
-    lb = trainer.streams["labeled"].next_batch(cfg.batch_size, gen)
-    ulb = trainer.streams["unlabeled"].next_batch(cfg.batch_size * cfg.uratio, gen)
-    ctx.lb, ctx.ulb = lb, ulb
+    batch, shard = trainer.dist.global_batch, trainer.dist.shard  # one process: the batch itself
+    lb = trainer.streams["labeled"].next_batch(batch(cfg.batch_size), gen)
+    ulb = trainer.streams["unlabeled"].next_batch(batch(cfg.batch_size * cfg.uratio, "ssl.uratio"), gen)
     dev = trainer.device
-    x_lb = trainer.aug.weak(data.x_lb[lb.index.to(dev)], trainer.gen_aug)
-    u = data.x_ulb[ulb.index.to(dev)]
-    u_w = trainer.aug.weak(u, trainer.gen_aug)
-    u_s = [trainer.aug.strong(u, trainer.gen_aug) for _ in range(cfg.num_strong)]
+    # views are drawn for the global batch in every process, then each keeps its slice
+    x_lb = shard(trainer.aug.weak(batch_images(data.x_lb, lb.index, dev), trainer.gen_aug))
+    u = batch_images(data.x_ulb, ulb.index, dev)
+    u_w = shard(trainer.aug.weak(u, trainer.gen_aug))
+    u_s = [shard(trainer.aug.strong(u, trainer.gen_aug)) for _ in range(cfg.num_strong)]
+    lb, ulb = trainer.dist.shard_batch(lb), trainer.dist.shard_batch(ulb)
+    ctx.lb, ctx.ulb = lb, ulb
     if any(getattr(m, "uses_baseline", False) for m in trainer.methods):
         ctx.baseline_logits()  # the reference forwards the baseline image before the weak view
     targets, pseudo, mask = pseudo_targets(trainer, ctx, u_w)
     ctx.pseudo_label, ctx.mask = pseudo, mask
-    logits_x, *logits_s = _forward_logits(trainer, [x_lb, *u_s])
-    sup = _supervised(trainer, lb, logits_x).with_(inputs=x_lb)
-    unsup = _consistency(trainer, ctx, torch.cat(logits_s), targets).with_(inputs=torch.cat(u_s))
+    out_x, *out_s = forward_groups(trainer, [x_lb, *u_s])
+    ctx.outputs["labeled"], ctx.outputs["strong"] = out_x, concat_outputs(out_s)
+    sup = supervised_term(trainer, lb, head_logits(out_x)).with_(inputs=x_lb)
+    logits_s = head_logits(ctx.outputs["strong"])
+    unsup = _consistency(trainer, ctx, logits_s, targets).with_(inputs=torch.cat(u_s))
     return [sup, unsup]
 
 
-def _supervised(trainer: Trainer, lb, logits_x: Tensor) -> LossTerm:  # noqa: ANN001
+def supervised_term(trainer: Trainer, lb, logits_x: Tensor) -> LossTerm:  # noqa: ANN001
     y = trainer.data.y_lb[lb.index.to(trainer.device)]
     return LossTerm(
         name="sup",

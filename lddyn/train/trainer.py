@@ -13,16 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lddyn.data.augment import AugmentConfig, Augmenter
 from torch import Tensor
 
 from lddyn.config import RunConfig
+from lddyn.data.augment import AugmentConfig, Augmenter
 from lddyn.data.samplers import IndexStream, RandomPasses
 from lddyn.data.sets import SSLData, build_data
 from lddyn.losses import LossTerm, total_loss
-from lddyn.methods import RunInfo, StepContext, build_methods
+from lddyn.methods import Method, RunInfo, StepContext, build_methods
+from lddyn.methods.base import DEFAULT_PHASE
 from lddyn.models import build_model
 from lddyn.sinks.parquet import ParquetSink
+from lddyn.train.device import (
+    autocast,
+    compile_model,
+    place_data,
+    prepare_model,
+    resolve_device,
+    set_deterministic,
+)
+from lddyn.train.distributed import Distributed, world_from_env
 from lddyn.train.events import Callback
 from lddyn.train.forward import baseline_image, baseline_logits
 from lddyn.train.optim import build_optimizer
@@ -45,19 +55,28 @@ class Trainer:
         data: SSLData | None = None,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = torch.device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, world_from_env()[2])
+        self.dist = Distributed.from_config(cfg, self.device)  # one process: every call is a no-op
+        set_deterministic(cfg.train.deterministic)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
-        self.data = (data or build_data(cfg.data)).to(self.device)
+        self.data = place_data(data or build_data(cfg.data), self.device, cfg.train.data_placement)
         self.aug = Augmenter(self._augment_config())
         self.model = self._build_model().to(self.device)
+        labeled_counts = self.data.class_counts("labeled").cpu()
+        self.info = RunInfo(self.data, cfg.train.steps, labeled_counts, seed=cfg.train.seed)
+        self.methods = build_methods(cfg.methods, self.info)
+        for method in self.methods:  # extra heads are part of the model: trained, averaged, saved
+            self.model = method.extend_model(self.model).to(self.device)
+        self.model = self.dist.prepare_model(prepare_model(self.model, cfg.train)).to(self.device)
+        self.term_builder = self._term_builder()
         self.ema_model = copy.deepcopy(self.model).eval()
         for p in self.ema_model.parameters():
             p.requires_grad_(False)
+        compile_model(self.model, cfg.train)  # after the EMA copy, which stays eager
         self.optimizer, self.scheduler = build_optimizer(cfg.optim, self.model, cfg.train.steps)
-        self.info = RunInfo(self.data, cfg.train.steps, self.data.class_counts("labeled").cpu())
-        self.methods = build_methods(cfg.methods, self.info)
+        self.dist.attach(self.optimizer)
         self.streams = {which: self._stream(which) for which in ("labeled", "unlabeled")}
         self.gen_data = torch.Generator().manual_seed(cfg.train.seed)
         self.gen_aug = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -101,6 +120,14 @@ class Trainer:
         size = len(self.data.y_lb if which == "labeled" else self.data.y_ulb)
         return RandomPasses(size)
 
+    def _term_builder(self) -> Method | None:
+        """The one method that builds the step's base terms itself, if any (else FixMatch does)."""
+        builders = [m for m in self.methods if type(m).build_terms is not Method.build_terms]
+        if len(builders) > 1:
+            names = [m.name for m in builders]
+            raise ValueError(f"methods {names} each replace the step's base terms; use at most one of them")
+        return builders[0] if builders else None
+
     # --- the loop ---------------------------------------------------------------------------------
 
     def dispatch(self, event: str, *args: object) -> None:
@@ -128,20 +155,34 @@ class Trainer:
     def train_step(self) -> tuple[StepContext, list[LossTerm]]:
         step = self.state.step + 1
         self.model.train()
-        ctx = StepContext(
-            step, self.state.progress, self.cfg.train.steps, self.model, self.student_baseline_logits
-        )
+        ctx = self.context(step)
         self.dispatch("step_start", ctx)
-        terms = fixmatch_terms(self, ctx)
-        for method in self.methods:
-            terms = method.reshape_losses(ctx, terms)
+        with autocast(self.cfg.train, self.device):
+            terms = self.step_terms(ctx)
         self.dispatch("loss_terms", ctx, terms)
         self.optimizer.zero_grad(set_to_none=True)
         total_loss(terms).backward()
         self.optimizer.step()
         self.scheduler.step()
+        terms = self.dist.after_step(self.model, ctx, terms)  # the global step's terms, in every process
         for method in self.methods:
             method.after_step(ctx, terms)
         self.state.step = step
         self.state.progress += math.prod(m.schedule_increment() for m in self.methods)
         return ctx, terms
+
+    def context(self, step: int) -> StepContext:
+        """The context of 1-based ``step``, in the phase the methods name (``main`` when none does)."""
+        phase = next((p for m in self.methods if (p := m.phase(step)) is not None), DEFAULT_PHASE)
+        baseline = self.student_baseline_logits
+        return StepContext(step, self.state.progress, self.cfg.train.steps, self.model, baseline, phase=phase)
+
+    def step_terms(self, ctx: StepContext) -> list[LossTerm]:
+        """The loss terms of one step (graph alive): the base terms, then every method's reshaping."""
+        builder = self.term_builder
+        terms = builder.build_terms(self, ctx) if builder is not None else None
+        if terms is None:
+            terms = fixmatch_terms(self, ctx)
+        for method in self.methods:
+            terms = method.reshape_losses(ctx, terms)
+        return terms

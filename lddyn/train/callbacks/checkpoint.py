@@ -61,4 +61,5 @@ class Checkpoint(Callback):
     def on_step_end(self, trainer, ctx, terms) -> None:  # noqa: ANN001
         if trainer.state.step % trainer.cfg.train.checkpoint_every == 0 or trainer.finished:
             trainer.sink.flush()
-            save_checkpoint(trainer, trainer.run_dir / CHECKPOINT)
+            if trainer.dist.is_main:  # every process holds the same state; one file is enough
+                save_checkpoint(trainer, trainer.run_dir / CHECKPOINT)

@@ -1,4 +1,4 @@
-"""The ``train`` table (loss terms, mask ratio, lr, wall time) and the ``pruning`` table."""
+"""The ``train`` table (loss terms, mask ratio, lr, wall time, phase) and the ``pruning`` table."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ class TrainTable(Callback):
         step = trainer.state.step
         if step % trainer.cfg.train.log_every and not trainer.finished:
             return
-        rows = [dict(step=step, quantity=k, value=v) for k, v in step_quantities(trainer, ctx, terms).items()]
+        quantities = step_quantities(trainer, ctx, terms).items()
+        rows = [dict(step=step, quantity=k, value=v, phase=ctx.phase) for k, v in quantities]
         trainer.sink.add("train", rows)
 
 
