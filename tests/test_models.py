@@ -124,3 +124,8 @@ def test_registry_names_and_unknown_model() -> None:
     assert isinstance(build_model("wrn28_2", num_classes=2, image_shape=(1, 28, 28)), WideResNet)
     with pytest.raises(ValueError, match="model.name='vit'"):
         build_model("vit", num_classes=2, image_shape=(3, 32, 32))
+
+
+def test_every_model_is_a_config_choice() -> None:
+    for name in MODEL_NAMES:
+        assert load_config("digits-fixmatch", [f"model.name={name}"]).model.name == name

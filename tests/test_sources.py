@@ -294,6 +294,9 @@ def test_small_imagenet_bad_files_are_named(tmp_path: Path) -> None:
         DataFileError, match=r"val_data: labels 0\.\.5 outside 1\.\.127 \(labels are stored 1-based\)"
     ):
         build_data(sin_config(tmp_path).data)
+    (folder / "train_data_batch_7").unlink()
+    with pytest.raises(DataFileError, match="train_data_batch_7 is missing"):
+        build_data(sin_config(tmp_path).data)
     (folder / "train_data_batch_4").write_bytes(b"\x80\x04truncated")
     with pytest.raises(
         DataFileError, match="train_data_batch_4 is not a readable down-sampled ImageNet pickle"
@@ -309,6 +312,15 @@ def test_small_imagenet_class_map_errors(tmp_path: Path) -> None:
     write_class_map(tmp_path)
     (tmp_path / "synset_words_up_down_127.txt").write_text("s000 a\n")
     with pytest.raises(DataFileError, match="synset_words_up_down_127.txt has no line for super-class s126"):
+        build_data(sin_config(tmp_path).data)
+    write_class_map(tmp_path)
+    with (tmp_path / "synset_words_up_down_127.txt").open("a") as fh:
+        fh.write("s127 one too many\n")
+    with pytest.raises(DataFileError, match="expected 127 super-classes"):
+        build_data(sin_config(tmp_path).data)
+    write_class_map(tmp_path)
+    (tmp_path / "map_clsloc.txt").write_text("n0001 1 a\nn0004 4 d\n")
+    with pytest.raises(DataFileError, match="map_clsloc.txt has no line for ImageNet class index 2"):
         build_data(sin_config(tmp_path).data)
     write_class_map(tmp_path)
     with pytest.raises(DataFileError, match="train_data_batch_1 is missing; looked for"):
@@ -350,3 +362,29 @@ def test_cifar100_legacy_shuffle_matches_the_reference_draw(tmp_path: Path, seed
         expected.extend(idx[: longtail_counts(5, 50, 100)[k]])
     assert data.lb_index.tolist() == [int(i) for i in expected]
     assert (data.lb_index[:2].tolist() == [0, 100]) == (seed == 0)
+
+
+def test_every_registered_dataset_is_a_config_choice() -> None:
+    from lddyn.config import ConfigError
+    from lddyn.data import DATASETS
+
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "stl10", "smallimagenet127", "mnist"}
+    for name in DATASETS:
+        assert load_config("digits-fixmatch", [f"data.dataset={name}"]).data.dataset == name
+    with pytest.raises(ConfigError, match="data.dataset"):
+        load_config("digits-fixmatch", ["data.dataset=svhn"])
+
+
+def test_tiny_stl10_trains_with_unknown_unlabeled_labels(tmp_path: Path) -> None:
+    """y_ulb = -1 for the 100k-style unlabeled images must pass through training, DyTrim and the recorder."""
+    from lddyn.analysis.load import load_table
+    from lddyn.train.run import start_run
+
+    write_stl10(tmp_path / "data", per_class=6, unlabeled=24)
+    sets = [f"data.root={tmp_path / 'data'}", "data.num_max=6", "model.name=cnn", "model.width=8"]
+    sets += ["ssl.batch_size=4", "train.steps=3", "train.eval_every=3", "train.threads=1"]
+    sets += ["methods.cdmad.start_step=1", "methods.dytrim.prior_start_step=1"]
+    sets += ["record.dynamics=true", "record.every=1", "record.tracked=2", "probe.baseline=true"]
+    run_dir = start_run(load_config("stl10-lt10-dytrim", sets), tmp_path / "run", progress=False)
+    metrics = load_table(run_dir, "metrics")
+    assert len(metrics) > 0 and len(load_table(run_dir, "dynamics")) > 0

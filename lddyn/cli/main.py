@@ -97,6 +97,49 @@ def plot(
 
 
 @app.command()
+def sweep(
+    grid_file: Path = typer.Argument(..., help="grid YAML: seeds x settings x methods"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="folder of the runs (default runs/sweeps/NAME)"
+    ),
+    executor: str | None = typer.Option(
+        None, "--executor", "-e", help="local | submitit (overrides the grid)"
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="local executor: parallel runs"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+) -> None:
+    """Run a grid: finished runs are skipped, killed or failed ones resumed, the rest started."""
+    from lddyn.sweep import load_grid, plan, run_sweep
+    from lddyn.sweep.grid import SweepError, run_state
+
+    try:
+        grid = load_grid(grid_file)
+        folder = out or Path(grid.out or Path("runs") / "sweeps" / grid.name)
+        specs = plan(grid, folder)
+        states = {spec.name: run_state(spec) for spec in specs}
+        shown = Table(title=f"sweep {grid.name}: {len(specs)} runs in {folder}", title_justify="left")
+        for col in ("run", "setting", "method", "seed", "state"):
+            shown.add_column(col)
+        for spec in specs:
+            shown.add_row(spec.name, spec.setting, spec.method, str(spec.seed), states[spec.name])
+        console.print(shown)
+        if dry_run:
+            return
+        options = {k: v for k, v in (("name", executor), ("workers", workers)) if v is not None}
+        outcomes = run_sweep(specs, grid, folder, options)
+    except (*EXPECTED, SweepError) as exc:
+        fail(exc)
+        return
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        err.print(f"[bold red]failed:[/] {o.name}: {o.detail}", highlight=False, soft_wrap=True)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; table: lddyn table {folder}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def table(
     runs: list[str] = typer.Argument(..., help="run directories, glob patterns or folders of runs"),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown | csv | latex"),

@@ -57,4 +57,7 @@ def class_map_127(folder: Path) -> tuple[np.ndarray, int]:
         if folders[wnid] not in order:
             raise DataFileError(f"{folder / MAP_FILES[2]} has no line for super-class {folders[wnid]}")
         mapping[index] = order[folders[wnid]]
+    if (mapping < 0).any():
+        gap = int(np.flatnonzero(mapping < 0)[0]) + 1
+        raise DataFileError(f"{folder / MAP_FILES[0]} has no line for ImageNet class index {gap}")
     return mapping, len(order)

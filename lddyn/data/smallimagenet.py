@@ -37,6 +37,8 @@ class SmallImageNet:
 
 def read_batch(path: Path, side: int, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """One pickle as (N, 3, side, side) uint8 and its labels as stored (1-based)."""
+    if not path.exists():
+        raise DataFileError(f"{path} is missing")
     try:
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="latin1")
@@ -75,7 +77,9 @@ def load_small_imagenet(root: str | Path | None, side: int) -> SmallImageNet:
             f"found neither {prepared[0]}/{{{TRAIN[0]}..10, {TEST}}} (labels 1..127) nor the 127-class "
             f"mapping files {', '.join(MAP_FILES)} in {root} to use with Imagenet{side}_train/_val"
         )
-    mapping, _ = class_map_127(root)
+    mapping, found = class_map_127(root)
+    if found != CLASSES:
+        raise DataFileError(f"{root / MAP_FILES[2]}: expected {CLASSES} super-classes (lines), found {found}")
     train_dirs = [root / f"Imagenet{side}_train{part}" for part in ("", "_part1", "_part2")]
     train = [first_existing([d / name for d in train_dirs], name) for name in TRAIN]
     test = first_existing([root / f"Imagenet{side}_val" / TEST], TEST)

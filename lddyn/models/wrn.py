@@ -2,7 +2,9 @@
 
 Widths 32/64/128, LeakyReLU slope 0.1, 1x1 shortcut on shape change, head BN -> LReLU -> pool ->
 linear. The reference declares BN momentum 1e-3 / eps 1e-3 but never passes them, so PyTorch's
-defaults (0.1, 1e-5) are what trained; both are available through the arguments.
+defaults (0.1, 1e-5) are what trained; both are available through the arguments (model.bn_momentum,
+model.bn_eps). 1 467 610 parameters for 10 classes: the reference's count without its unused
+128 -> 4 rotation head, which is left out.
 """
 
 from __future__ import annotations
