@@ -5,7 +5,10 @@ Cases, all on the digits-dytrim preset with every callback but the progress disp
 * ``unrecorded``: the recorder off;
 * ``grouped, every step``: the grouped decomposition (term x source class x correctness x status)
   at every step, at one test image per class plus the baseline image(s), without the realised
-  update (the issue's target: <= 1x an unrecorded step, i.e. a recorded run <= 2x as long);
+  update, in the default ``record.groups=decoupled`` mode (the issue's target: <= 1x an unrecorded
+  step, i.e. a recorded run <= 2x as long);
+* ``grouped (exact), every step``: the same with ``record.groups=exact`` (one backward per group
+  through the training graph);
 * ``grouped + realised, every step``: the same plus the optimiser-preconditioned prediction and
   the measured change (two extra forwards at the observations);
 * ``grouped every step + per-sample every 50``: the grouped case plus, every 50 steps, exact
@@ -75,7 +78,8 @@ def steps_per_second(overrides: list[str], steps: int, whole_batch: bool = False
 RECORD = ["record.dynamics=true", "record.every=1", "record.obs_per_class=1", "record.baseline=true"]
 CASES: dict[str, tuple[list[str], bool]] = {
     "unrecorded": (["record.dynamics=false"], False),
-    "grouped, every step": ([*RECORD, "record.realised=false"], False),
+    "grouped, every step": ([*RECORD, "record.realised=false", "record.groups=decoupled"], False),
+    "grouped (exact), every step": ([*RECORD, "record.realised=false", "record.groups=exact"], False),
     "grouped + realised, every step": ([*RECORD, "record.realised=true"], False),
     f"grouped every step + per-sample every {PER_SAMPLE_EVERY}": (
         [*RECORD, "record.realised=false", f"record.per_sample_every={PER_SAMPLE_EVERY}"],

@@ -178,6 +178,9 @@ class RecordConfig:
     )
     per_sample_every: int = non_negative(0)  # exact per-sample contributions of tracked samples (0 = off)
     realised: bool = True  # the optimiser's realised update, measured change and residual
+    # group gradients: exact = through the training graph, one backward per group; decoupled = batch
+    # statistics held constant, ~one backward for all groups, the rest reported as term bn_coupling
+    groups: str = one_of("decoupled", "decoupled", "exact")
 
 
 @dataclass(frozen=True)

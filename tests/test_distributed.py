@@ -3,6 +3,7 @@ batch: every table equals the single-process run's up to float rounding."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from lddyn.config import ConfigError
 from lddyn.sinks.parquet import read_table
+from lddyn.train.distributed import Distributed, GlobalBatchNorm, convert_batch_norm
 from tests.conftest import ROOT, cli, overrides
 
 # Float rounding differs (summation order of the BN statistics and of the gradient average) and
@@ -65,3 +70,25 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> Non
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=atol, obj=table)
     train = comparable(single, "train")
     assert train[train.quantity == "loss"].value.nunique() > 1  # the run really trained
+
+
+def test_global_batch_and_slices_of_one_rank() -> None:
+    d = Distributed(rank=1, world=2)
+    assert d.global_batch(32) == 32 and torch.equal(d.shard(torch.arange(6)), torch.tensor([3, 4, 5]))
+    with pytest.raises(ConfigError, match="ssl.batch_size"):
+        d.global_batch(33)
+    assert Distributed(rank=0, world=2, batch_scope="per_device").global_batch(16) == 32
+    assert torch.equal(Distributed().shard(torch.arange(5)), torch.arange(5))  # one process: untouched
+
+
+def test_global_batch_norm_is_plain_batch_norm_in_one_process() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 5), nn.BatchNorm1d(5)
+    )
+    reference = copy.deepcopy(model)
+    converted = convert_batch_norm(model)
+    norms = [m for m in converted.modules() if isinstance(m, GlobalBatchNorm)]
+    assert len(norms) == 2 and [m.vector_input for m in norms] == [False, True]
+    x = torch.randn(8, 3, 6, 6)
+    assert torch.allclose(converted(x), reference(x), atol=1e-6)
+    assert torch.allclose(norms[0].running_var, reference[1].running_var)  # buffers updated the same way

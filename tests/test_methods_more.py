@@ -391,11 +391,79 @@ def test_method_state_round_trips(tmp_path: Path, preset: str) -> None:
     other = make_trainer(tmp_path / "b", preset, "methods.bmb.tau=0.0" if "bmb" in preset else "train.seed=0")
     state = tr.methods[0].state_dict()
     other.methods[0].load_state_dict(state)
-    again = other.methods[0].state_dict()
-    assert state.keys() == again.keys() and state
-    for key in state:
-        a, b = state[key], again[key]
-        if isinstance(a, dict):
-            assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
-        else:
-            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    assert state
+    assert_same(state, other.methods[0].state_dict())
+
+
+def assert_same(a: object, b: object, where: str = "state") -> None:
+    """Equal nested state: dicts key by key, tensors element by element (and dtype), the rest by ==."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_flexmatch_consistency_weights_through_the_recorder(tmp_path: Path) -> None:
+    tr = make_trainer(tmp_path, "digits-flexmatch")
+    flex = tr.methods[0]
+    first = tr.context(1)
+    tr.step_terms(first)  # a first batch shows the untrained model's confidence level
+    level = float(first.probs.max(-1).values.median())
+    m = level / 0.95  # a status whose threshold T = 0.95 M(beta) sits at that level
+    flex.status = torch.full((10,), 2 * m / (1 + m))
+    ctx = tr.context(2)
+    terms = tr.step_terms(ctx)
+    conf, pseudo = ctx.probs.max(-1)
+    mask = (conf >= (0.95 * flex.status / (2 - flex.status))[pseudo]).float()
+    assert 0 < mask.sum() < len(mask)
+    dec, _ = observation_split(tr, terms)
+    unsup = terms[1]
+    target = F.one_hot(pseudo, 10).float().repeat(2, 1)
+    torch.testing.assert_close(dec.G["unsup"], expected_G(unsup, mask.repeat(2), target))
+
+
+@pytest.mark.parametrize(
+    "preset", ["digits-bmb", "digits-alternate", "digits-flexmatch-dytrim", "digits-freematch-cdmad"]
+)
+def test_checkpoint_resume_continues_exactly(tmp_path: Path, preset: str) -> None:
+    from lddyn.train.callbacks.checkpoint import load_trainer_state, trainer_state
+
+    extra = ("train.steps=14", "methods.bmb.tau=0.2") if "bmb" in preset else ("train.steps=14",)
+    if "cdmad" in preset or "dytrim" in preset:
+        extra += ("methods.cdmad.start_step=3",)
+    straight = make_trainer(tmp_path / "a", preset, *extra)
+    for _ in range(14):
+        straight.train_step()
+    first = make_trainer(tmp_path / "b", preset, *extra)
+    for _ in range(7):
+        first.train_step()
+    state = trainer_state(first)
+    resumed = make_trainer(tmp_path / "c", preset, *extra)
+    load_trainer_state(resumed, state)
+    for _ in range(7):
+        resumed.train_step()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert_same(trainer_state(straight)["methods"], trainer_state(resumed)["methods"])
+
+
+def test_at_most_one_method_builds_the_step(tmp_path: Path) -> None:
+    from lddyn.methods.base import Method
+
+    class OtherBase(Method):
+        name = "other_base"
+
+        def build_terms(self, trainer: Trainer, ctx: object) -> list[LossTerm]:
+            return []
+
+    tr = make_trainer(tmp_path, "digits-alternate")
+    assert tr.term_builder is tr.methods[0]
+    tr.methods.append(OtherBase(tr.methods[0].cfg, tr.info))
+    with pytest.raises(ValueError, match="alternate.*other_base"):
+        tr._term_builder()

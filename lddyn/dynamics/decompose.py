@@ -9,8 +9,13 @@ statistics) and never update buffers.
 
 Exactness, stated per value:
 
-* ``kg`` (per group) is exact for the step taken: the group gradient goes through the actual
-  training forward, BatchNorm batch coupling included. Σ_g kg = ``kg_total`` to rounding.
+* ``kg`` (per group), ``mode="exact"``: exact for the step taken, the group gradient goes through
+  the actual training forward, BatchNorm batch coupling included. Σ_g kg = ``kg_total``.
+* ``kg`` (per group), ``mode="decoupled"`` (``decoupled.py``): the group's samples through the
+  training forward with the batch statistics held constant, about one backward for all groups;
+  the rest, J_o (∇θ L − Σ_g ∇θ L_g^dec), is ``kg_coupling`` (term ``bn_coupling`` in the tables),
+  so Σ_g kg + kg_coupling = ``kg_total``. Without train-mode BatchNorm the coupling is zero and
+  the decoupled groups equal the exact ones.
 * ``TrackedSamples.kg_exact`` (per sample, gradient of ℓ_b through the training graph) is exact
   in the same sense; with batch coupling it includes ℓ_b's effect through the batch statistics.
 * ``TrackedSamples.kg_entk`` = K(x_o, x_b) G_b uses the per-sample eNTK in eval mode. It equals
@@ -23,14 +28,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lddyn.dynamics import tidy
+from lddyn.dynamics.decoupled import ForwardCall, decoupled_group_gradients
 from lddyn.dynamics.entk import empirical_ntk
-from lddyn.dynamics.functional import eval_logits, jvp_logits, sensitivity, trainable_params
-from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, as_tangent, group_gradients, named_trainable
+from lddyn.dynamics.functional import Params, eval_logits, jvp_logits, sensitivity, trainable_params
+from lddyn.dynamics.groups import (
+    COUPLING_TERM,
+    DECOUPLED,
+    EXACT,
+    GROUP_KEYS,
+    GroupGradients,
+    as_tangent,
+    group_gradients,
+    named_trainable,
+)
 from lddyn.losses import LossTerm
 
 
@@ -84,6 +100,8 @@ class StepDecomposition:
     group_id: dict[str, Tensor]  # term name -> (N_t,) group of each sample
     obs_ids: Tensor  # (O,)
     tracked: TrackedSamples | None = None
+    mode: str = EXACT  # how the group gradients were taken (``record.groups``)
+    kg_coupling: Tensor | None = None  # (O, C) decoupled mode: J_o (∇θ L − Σ_g ∇θ L_g^dec)
 
     @property
     def pred_logp(self) -> Tensor:
@@ -98,22 +116,29 @@ class StepDecomposition:
     def group_meta(self) -> list[dict]:
         return [dict(zip(self.by, key, strict=True)) for key in self.groups]
 
-    def to_columns(self) -> dict[str, list]:
-        """Tidy columns: quantities "kg", "pred_logp" per group, "kg_total", "pred_logp_total"."""
-        meta, s, ids = self.group_meta(), self.step, self.obs_ids
-        return tidy.concat(
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """Tidy columns: "kg", "pred_logp" per group (and the coupling), "kg_total", "pred_logp_total".
+
+        Every row carries ``grad_mode``; in decoupled mode the coupling is one more group whose
+        ``term`` is ``bn_coupling`` (other grouping columns null), so Σ ``kg`` = ``kg_total``.
+        """
+        meta, s, ids, kg = self.group_meta(), self.step, self.obs_ids, self.kg
+        if self.kg_coupling is not None:
+            meta, kg = [*meta, {"term": COUPLING_TERM}], torch.cat([kg, self.kg_coupling[None]])
+        cols = tidy.concat(
             [
-                tidy.block(s, ids, self.kg, meta, "kg"),
-                tidy.block(s, ids, self.pred_logp, meta, "pred_logp"),
+                tidy.block(s, ids, kg, meta, "kg"),
+                tidy.block(s, ids, -self.lr * sensitivity(kg, self.probs), meta, "pred_logp"),
                 tidy.block(s, ids, self.kg_total[None], [{}], "kg_total"),
                 tidy.block(s, ids, self.pred_logp_total[None], [{}], "pred_logp_total"),
             ]
         )
+        return tidy.constant(cols, "grad_mode", self.mode)
 
     def to_rows(self) -> list[dict]:
         return tidy.rows(self.to_columns())
 
-    def sample_columns(self) -> dict[str, list]:
+    def sample_columns(self) -> dict[str, np.ndarray]:
         """Tidy columns of the tracked samples (with a dataset ``index`` column), or empty."""
         t = self.tracked
         if t is None:
@@ -122,7 +147,37 @@ class StepDecomposition:
         blocks = [tidy.block(s, ids, t.kg_exact, meta, "kg_exact", ("index",))]
         if t.kg_entk is not None:
             blocks.append(tidy.block(s, ids, t.kg_entk, meta, "kg_entk", ("index",)))
-        return tidy.concat(blocks)
+        cols = tidy.concat(blocks)
+        return tidy.constant(cols, "grad_mode", EXACT)  # per-sample values: through the training graph
+
+
+def take_group_gradients(
+    model: nn.Module,
+    terms: Sequence[LossTerm],
+    by: Sequence[str] = GROUP_KEYS,
+    mode: str = EXACT,
+    calls: Sequence[ForwardCall] | None = None,
+) -> GroupGradients:
+    """Group gradients by ``mode``; decoupled falls back to exact when the step cannot be re-formed.
+
+    ``calls``: the step's captured training forwards (``decoupled.ForwardCapture``), needed by the
+    decoupled mode. The result's ``mode`` says which route was taken.
+    """
+    if mode not in (EXACT, DECOUPLED):
+        raise ValueError(f"group gradient mode {mode!r} is not one of {EXACT!r}, {DECOUPLED!r}")
+    if mode == DECOUPLED and calls:
+        grads = decoupled_group_gradients(model, terms, calls, by)
+        if grads is not None:
+            return grads
+    return group_gradients(model, terms, by, with_total=False)
+
+
+def live_total(model: nn.Module, terms: Sequence[LossTerm]) -> dict[str, Tensor | None]:
+    """∇θ L through the live training graph (retained), ``.grad`` untouched."""
+    named = named_trainable(model)
+    loss = sum(t.per_sample().sum() for t in terms)
+    grads = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+    return dict(zip(named, grads, strict=True))
 
 
 def decompose_step(
@@ -137,23 +192,53 @@ def decompose_step(
     track: dict[str, Tensor] | None = None,
     track_inputs: dict[str, Tensor] | None = None,
     grads: GroupGradients | None = None,
+    mode: str = EXACT,
+    calls: Sequence[ForwardCall] | None = None,
 ) -> StepDecomposition:
     """Decompose the step about to be taken on ``terms`` (training graph alive) at ``x_obs``.
 
     ``track`` maps term name -> rows (positions inside the term) whose exact per-sample
     contributions to compute (one gradient + one JVP each); ``track_inputs`` maps term name ->
     the inputs of those rows, adding the eval-mode eNTK value K(x_o, x_b) G_b. ``grads`` reuses
-    group gradients already taken (e.g. shared with ``realised.predict_update``). The graph is
-    retained and no ``.grad`` is written, so the trainer's backward runs afterwards as usual.
+    group gradients already taken (e.g. shared with ``realised.predict_update``); otherwise they
+    are taken by ``mode`` (see ``take_group_gradients``). A decoupled step without a known total
+    takes ∇θ L by one backward. The graph is retained and no ``.grad`` is written, so the
+    trainer's backward runs afterwards as usual.
     """
-    grads = group_gradients(model, terms, by) if grads is None else grads
-    params = trainable_params(model)
+    grads = take_group_gradients(model, terms, by, mode, calls) if grads is None else grads
+    if grads.mode == DECOUPLED and grads.coupling is None:
+        grads.set_total(live_total(model, terms))
+    tracked = track_samples(model, terms, grads, x_obs, track, track_inputs) if track else None
+    return decompose_grads(
+        model, grads, [t.name for t in terms], x_obs, lr, step=step, obs_ids=obs_ids, tracked=tracked
+    )
+
+
+def decompose_grads(
+    model: nn.Module,
+    grads: GroupGradients,
+    names: Sequence[str],
+    x_obs: Tensor,
+    lr: float,
+    *,
+    step: int = 0,
+    obs_ids: Tensor | None = None,
+    tracked: TrackedSamples | None = None,
+    params: Params | None = None,
+    state: Params | None = None,
+) -> StepDecomposition:
+    """The observation side of a decomposition from group gradients already taken.
+
+    One vmapped JVP at ``x_obs`` along every group gradient, the coupling (decoupled mode) and
+    the total, at ``params``/``state`` (default: the model's current ones). Needs no graph, so a
+    recorder can run it after the optimiser step with the parameters saved before it.
+    """
+    params = trainable_params(model) if params is None else params
     total = grads.total_direct if grads.total_direct is not None else grads.total()
-    tangents = [as_tangent(g, params) for g in grads.grads] + [as_tangent(total, params)]
-    kg = jvp_logits(model, x_obs, tangents, params)
-    logits = eval_logits(model, x_obs, params)
-    names = [t.name for t in terms]
-    tracked = _track(model, terms, grads, x_obs, track, track_inputs) if track else None
+    directions = list(grads.grads) + ([grads.coupling] if grads.coupling is not None else []) + [total]
+    kg = jvp_logits(model, x_obs, [as_tangent(g, params) for g in directions], params, state)
+    logits = eval_logits(model, x_obs, params, state)
+    gn = len(grads.grads)
     return StepDecomposition(
         step=step,
         lr=float(lr),
@@ -162,16 +247,18 @@ def decompose_step(
         group_sizes=grads.sizes,
         logits=logits,
         probs=F.softmax(logits, -1),
-        kg=kg[:-1],
+        kg=kg[:gn],
         kg_total=kg[-1],
         G=dict(zip(names, grads.logit_grads, strict=True)),
         group_id=dict(zip(names, grads.ids, strict=True)),
         obs_ids=torch.arange(len(x_obs)) if obs_ids is None else obs_ids,
         tracked=tracked,
+        mode=grads.mode,
+        kg_coupling=kg[gn] if grads.coupling is not None else None,
     )
 
 
-def _track(
+def track_samples(
     model: nn.Module,
     terms: Sequence[LossTerm],
     grads: GroupGradients,
@@ -179,6 +266,7 @@ def _track(
     track: dict[str, Tensor],
     inputs: dict[str, Tensor] | None,
 ) -> TrackedSamples:
+    """Exact per-sample contributions of the ``track`` rows (see ``decompose_step``)."""
     by_name = {t.name: (k, t) for k, t in enumerate(terms)}
     named, params = named_trainable(model), trainable_params(model)
     tangents, rows, meta = [], [], []

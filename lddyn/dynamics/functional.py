@@ -93,7 +93,7 @@ def jvp_logits(
     tangents: list[Params],
     params: Params | None = None,
     state: Params | None = None,
-    chunk: int = 16,
+    chunk: int = 64,
 ) -> Tensor:
     """J_x · t for each parameter-space tangent t: returns (K, N, C) for K tangents.
 

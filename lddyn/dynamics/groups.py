@@ -18,6 +18,10 @@ from lddyn.dynamics.functional import Params
 from lddyn.losses import LossTerm
 
 GROUP_KEYS = ("term", "source_class", "correct", "status")
+#: How group gradients are taken (``record.groups``): through the training graph, or decoupled.
+EXACT, DECOUPLED = "exact", "decoupled"
+#: Term name of the batch-statistics coupling part of a decoupled step (∇θ L − Σ_g ∇θ L_g^dec).
+COUPLING_TERM = "bn_coupling"
 
 
 def check_keys(by: Sequence[str]) -> tuple[str, ...]:
@@ -65,14 +69,44 @@ class GroupGradients:
     logit_grads: list[Tensor]  # per term: (N_t, C)
     sizes: Tensor  # (num_groups,) samples per group
     total_direct: dict[str, Tensor | None] | None = None  # ∇θ L from its own backward, if taken
+    mode: str = EXACT  # EXACT: through the training graph; DECOUPLED: batch statistics held constant
+    # DECOUPLED only: ∇θ L − Σ_g ∇θ L_g, the part through the batch statistics (set by ``set_total``)
+    coupling: dict[str, Tensor | None] | None = None
 
-    def total(self) -> dict[str, Tensor | None]:
-        """Σ_g ∇θ L_g = ∇θ L (None where no group reaches a parameter)."""
+    def group_sum(self) -> dict[str, Tensor | None]:
+        """Σ_g ∇θ L_g (None where no group reaches a parameter)."""
         out: dict[str, Tensor | None] = {}
         for name in self.grads[0] if self.grads else {}:
             vals = [g[name] for g in self.grads if g[name] is not None]
             out[name] = torch.stack(vals).sum(0) if vals else None
         return out
+
+    def total(self) -> dict[str, Tensor | None]:
+        """∇θ L: the group sum, plus the coupling of a decoupled step once known."""
+        out = self.group_sum()
+        if self.coupling is None:
+            return out
+        for name, c in self.coupling.items():
+            if c is not None:
+                out[name] = c if out.get(name) is None else out[name] + c
+        return out
+
+    def set_total(self, total: dict[str, Tensor | None]) -> None:
+        """Record ∇θ L; for a decoupled step the coupling becomes ∇θ L − Σ_g ∇θ L_g^dec."""
+        self.total_direct = total
+        if self.mode == DECOUPLED:
+            summed = self.group_sum()
+            self.coupling = {
+                n: None if t is None else (t if summed.get(n) is None else t - summed[n])
+                for n, t in total.items()
+            }
+
+    def parts(self) -> tuple[list[tuple], list[dict[str, Tensor | None]]]:
+        """(meta dicts, gradients) of the groups, then the coupling part when there is one."""
+        meta = [dict(zip(self.by, key, strict=True)) for key in self.keys]
+        if self.coupling is None:
+            return meta, list(self.grads)
+        return [*meta, {"term": COUPLING_TERM}], [*self.grads, self.coupling]
 
 
 def named_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -135,7 +169,9 @@ def _batched_group_grads(
         )
     except RuntimeError:
         return None
-    return [{n: (None if v is None else v[g]) for n, v in zip(named, gr, strict=True)} for g in range(num_groups)]
+    return [
+        {n: (None if v is None else v[g]) for n, v in zip(named, gr, strict=True)} for g in range(num_groups)
+    ]
 
 
 def as_tangent(grad: dict[str, Tensor | None], params: Params, scale: float = 1.0) -> Params:

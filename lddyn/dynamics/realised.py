@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,7 +41,14 @@ from lddyn.dynamics.functional import (
     sensitivity,
     trainable_params,
 )
-from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, group_gradients, named_trainable
+from lddyn.dynamics.groups import (
+    DECOUPLED,
+    EXACT,
+    GROUP_KEYS,
+    GroupGradients,
+    group_gradients,
+    named_trainable,
+)
 from lddyn.dynamics.optim_split import split_update
 from lddyn.losses import LossTerm
 
@@ -61,6 +69,7 @@ class UpdatePrediction:
     theta0: Params = field(repr=False)
     state0: Params = field(repr=False)  # buffers and frozen parameters at prediction time
     logp0: Tensor = field(repr=False)  # (O, C)
+    mode: str = EXACT  # how the group gradients were taken; decoupled adds the ``bn_coupling`` group
 
     def predicted_delta(self) -> Params:
         """Σ_parts Δθ_part: the optimiser's update as predicted, per parameter."""
@@ -92,14 +101,15 @@ class RealisedStep:
         pred = self.prediction.predicted_delta()
         return max(float((pred[n] - d).abs().max()) for n, d in self.delta_theta.items())
 
-    def to_columns(self) -> dict[str, list]:
+    def to_columns(self) -> dict[str, np.ndarray]:
         """Tidy columns: "pred_logp" per part (``part`` column), then measured, bn_drift, residual."""
         p, s, ids = self.prediction, self.prediction.step, self.prediction.obs_ids
         extra = ("part",)
         blocks = [tidy.block(s, ids, p.pred_logp, p.part_meta, "pred_logp", extra)]
         for name in ("measured", "bn_drift", "residual"):
             blocks.append(tidy.block(s, ids, getattr(self, name)[None], [{}], name, extra))
-        return tidy.concat(blocks)
+        cols = tidy.concat(blocks)
+        return tidy.constant(cols, "grad_mode", p.mode)
 
     def to_rows(self) -> list[dict]:
         return tidy.rows(self.to_columns())
@@ -124,7 +134,12 @@ def predict_update(
     """
     grads = group_gradients(model, terms, by, with_total=False) if grads is None else grads
     named = named_trainable(model)
-    delta = split_update(optimizer, {id(p): n for n, p in named.items()}, grads.grads)
+    if grads.mode == DECOUPLED and grads.coupling is None:  # Adam's preconditioner needs the total
+        loss = sum(t.per_sample().sum() for t in terms)
+        total = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+        grads.set_total(dict(zip(named, total, strict=True)))
+    meta, group_grads = grads.parts()
+    delta = split_update(optimizer, {id(p): n for n, p in named.items()}, group_grads)
     theta0 = clone_state(trainable_params(model))
     if post_decay:
         opt = {n: sum(d[n] for d in delta.values() if n in d) for n in theta0}
@@ -135,7 +150,7 @@ def predict_update(
     return UpdatePrediction(
         step=step,
         parts=parts,
-        part_meta=_part_meta(parts, grads),
+        part_meta=_part_meta(parts, meta),
         delta=delta,
         pred_logp=sensitivity(dz, F.softmax(logits0, -1)),
         x_obs=x_obs,
@@ -143,15 +158,15 @@ def predict_update(
         theta0=theta0,
         state0=clone_state(frozen_state(model)),
         logp0=F.log_softmax(logits0, -1),
+        mode=grads.mode,
     )
 
 
-def _part_meta(parts: list[str], grads: GroupGradients) -> list[dict]:
+def _part_meta(parts: list[str], group_meta: list[dict]) -> list[dict]:
     out = []
     for name in parts:
         if name.startswith("group:"):
-            key = grads.keys[int(name.split(":")[1])]
-            out.append({"part": "group", **dict(zip(grads.by, key, strict=True))})
+            out.append({"part": "group", **group_meta[int(name.split(":")[1])]})
         else:
             out.append({"part": name})
     return out

@@ -1,11 +1,14 @@
 """The dynamics recorder: a callback that decomposes recorded steps at a fixed observation set.
 
-At ``loss_terms`` (graph alive, before backward) it takes one gradient per group, the plain
-first-order decomposition -eta T K G per group, and the optimiser's predicted update parts; at
-``step_end`` (after the optimiser step and the EMA step's decoupled decay) it measures the change
-at the observations. Tables: ``observations`` (once, step 0), ``dynamics`` (groups and totals),
-``realised`` (update parts, measured change, BN drift, residual) and ``dynamics_samples`` (exact
-per-sample contributions of tracked training samples).
+At ``loss_terms`` (graph alive, before backward) it takes the group gradients (``record.groups``:
+decoupled from the training batches captured at ``step_start``, or exact through the training
+graph) and the optimiser's predicted update parts; at ``step_end`` (after the optimiser step and
+the EMA step's decoupled decay) it reads ∇θ L from the trainer's ``.grad`` (the decoupled
+coupling is the rest), maps every group to the observations at the parameters saved before the
+step (-eta T K G per group), and measures the change at the observations. Tables:
+``observations`` (once, step 0), ``dynamics`` (groups and totals), ``realised`` (update parts,
+measured change, BN drift, residual) and ``dynamics_samples`` (exact per-sample contributions of
+tracked training samples).
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from rich.console import Console
 from torch import Tensor
 
 from lddyn.config import RecordConfig
-from lddyn.dynamics.decompose import StepDecomposition, decompose_step
-from lddyn.dynamics.groups import group_gradients
+from lddyn.dynamics.decompose import (
+    TrackedSamples,
+    decompose_grads,
+    live_total,
+    take_group_gradients,
+    track_samples,
+)
+from lddyn.dynamics.decoupled import ForwardCapture
+from lddyn.dynamics.functional import Params, clone_state, frozen_state, trainable_params
+from lddyn.dynamics.groups import DECOUPLED, GroupGradients, named_trainable
 from lddyn.dynamics.realised import UpdatePrediction, predict_update
 from lddyn.losses import LossTerm
 from lddyn.train.events import Callback
@@ -31,6 +42,20 @@ from lddyn.train.optim import current_lr
 
 INT_COLUMNS = ("source_class", "correct", "status", "index")
 BYTES_PER_ROW = 8.0  # measured on a digits run: ~7.5 bytes per row of dictionary-encoded parquet
+
+
+@dataclass
+class PendingStep:
+    """What ``loss_terms`` leaves for ``step_end``: group gradients and the state before the step."""
+
+    step: int
+    lr: float
+    grads: GroupGradients
+    names: list[str]
+    params: Params  # trainable parameters before the optimiser step
+    state: Params  # buffers at ``loss_terms``
+    tracked: TrackedSamples | None
+    prediction: UpdatePrediction | None
 
 
 @dataclass
@@ -117,7 +142,8 @@ class DynamicsRecorder(Callback):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(file=sys.stderr)
         self.obs: ObservationSet | None = None
-        self.pending: tuple[StepDecomposition, UpdatePrediction | None] | None = None
+        self.pending: PendingStep | None = None
+        self.capture: ForwardCapture | None = None
 
     @property
     def cfg(self) -> RecordConfig:
@@ -137,25 +163,28 @@ class DynamicsRecorder(Callback):
             soft_wrap=True,
         )
 
+    def on_step_start(self, trainer, ctx) -> None:  # noqa: ANN001
+        self._stop_capture()
+        if self.cfg.groups == DECOUPLED and is_recorded(self.cfg, ctx.step):
+            self.capture = ForwardCapture(trainer.model)  # the step's training batches
+
+    def _stop_capture(self) -> list | None:
+        calls = self.capture.remove() if self.capture is not None else None
+        self.capture = None
+        return calls
+
     def on_loss_terms(self, trainer, ctx, terms: list[LossTerm]) -> None:  # noqa: ANN001
         self.pending = None
+        calls = self._stop_capture()
         if not is_recorded(self.cfg, ctx.step):
             return
         assert self.obs is not None
         model, lr, x = trainer.model, current_lr(trainer.optimizer), self.obs.x
-        grads = group_gradients(model, terms, self.cfg.by, with_total=False)
+        grads = take_group_gradients(model, terms, self.cfg.by, self.cfg.groups, calls)
+        if grads.mode == DECOUPLED and getattr(trainer.dist, "world", 1) > 1:
+            grads.set_total(live_total(model, terms))  # .grad will hold the all-reduced gradient
         track, inputs = self._track(ctx.step, terms)
-        decomposition = decompose_step(
-            model,
-            terms,
-            x,
-            lr,
-            by=self.cfg.by,
-            step=ctx.step,
-            grads=grads,
-            track=track or None,
-            track_inputs=inputs or None,
-        )
+        tracked = track_samples(model, terms, grads, x, track, inputs or None) if track else None
         prediction = None
         if self.cfg.realised:
             decay = trainer.cfg.optim.ema_weight_decay * lr
@@ -169,7 +198,9 @@ class DynamicsRecorder(Callback):
                 step=ctx.step,
                 grads=grads,
             )
-        self.pending = (decomposition, prediction)
+        params, state = clone_state(trainable_params(model)), clone_state(frozen_state(model))
+        names = [t.name for t in terms]
+        self.pending = PendingStep(ctx.step, lr, grads, names, params, state, tracked, prediction)
 
     def _track(self, step: int, terms: list[LossTerm]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         every = self.cfg.per_sample_every
@@ -188,8 +219,22 @@ class DynamicsRecorder(Callback):
     def on_step_end(self, trainer, ctx, terms) -> None:  # noqa: ANN001
         if self.pending is None:
             return
-        decomposition, prediction = self.pending
-        self.pending = None
+        pending, self.pending = self.pending, None
+        grads, prediction = pending.grads, pending.prediction
+        assert self.obs is not None
+        if grads.mode == DECOUPLED and grads.coupling is None:  # ∇θ L from the trainer's backward
+            grads.set_total({n: p.grad for n, p in named_trainable(trainer.model).items()})
+        decomposition = decompose_grads(
+            trainer.model,
+            grads,
+            pending.names,
+            self.obs.x,
+            pending.lr,
+            step=pending.step,
+            tracked=pending.tracked,
+            params=pending.params,
+            state=pending.state,
+        )
         phase = ctx.phase
         trainer.sink.add_columns("dynamics", _typed(decomposition.to_columns(), phase))
         if decomposition.tracked is not None:
@@ -206,7 +251,7 @@ def _typed(columns: dict[str, list], phase: str) -> pd.DataFrame:
     for col in INT_COLUMNS:
         if col in frame:
             frame[col] = frame[col].astype("Int64")
-    for col in ("term", "quantity", "part", "phase"):
+    for col in ("term", "quantity", "part", "phase", "grad_mode"):
         if col in frame:
             frame[col] = frame[col].astype("category")
     return frame

@@ -19,29 +19,43 @@ KEY_COLUMNS = ("term", "source_class", "correct", "status")
 
 def block(
     step: int, obs_ids: Tensor, values: Tensor, meta: Sequence[dict], quantity: str, extra: Sequence[str] = ()
-) -> dict[str, list]:
-    """Columns for values (P, O, C): step, observation, target_class, keys, quantity, value."""
+) -> dict[str, np.ndarray]:
+    """Columns for values (P, O, C): step, observation, target_class, keys, quantity, value.
+
+    Columns are numpy arrays (object arrays for the keys, so None stays None): a recorded step
+    writes thousands of rows, and building them as Python lists cost more than the step itself.
+    """
     p, o, c = values.shape
-    cols: dict[str, list] = {
-        "step": [int(step)] * (p * o * c),
-        "observation": np.tile(np.repeat(obs_ids.cpu().numpy(), c), p).tolist(),
-        "target_class": np.tile(np.arange(c), p * o).tolist(),
+    n = p * o * c
+    cols: dict[str, np.ndarray] = {
+        "step": np.full(n, int(step), dtype=np.int64),
+        "observation": np.tile(np.repeat(obs_ids.cpu().numpy().astype(np.int64), c), p),
+        "target_class": np.tile(np.arange(c, dtype=np.int64), p * o),
     }
     for key in (*KEY_COLUMNS, *extra):
-        cols[key] = [v for m in meta for v in [m.get(key)] * (o * c)]
-    cols["quantity"] = [quantity] * (p * o * c)
-    cols["value"] = values.detach().to(torch.float64).reshape(-1).cpu().tolist()
+        per_part = np.empty(p, dtype=object)
+        per_part[:] = [m.get(key) for m in meta]
+        cols[key] = np.repeat(per_part, o * c)
+    cols["quantity"] = np.full(n, quantity, dtype=object)
+    cols["value"] = values.detach().to(torch.float64).reshape(-1).cpu().numpy()
     return cols
 
 
-def concat(blocks: Sequence[dict[str, list]]) -> dict[str, list]:
+def concat(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Concatenate column blocks with the same columns."""
     if not blocks:
         return {}
-    return {k: [v for b in blocks for v in b[k]] for k in blocks[0]}
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
-def rows(cols: dict[str, list]) -> list[dict]:
-    """Row records from columns."""
+def constant(cols: dict[str, np.ndarray], name: str, value: object) -> dict[str, np.ndarray]:
+    """Add a column holding one value on every row."""
+    cols[name] = np.full(len(cols["value"]), value, dtype=object)
+    return cols
+
+
+def rows(cols: dict[str, np.ndarray]) -> list[dict]:
+    """Row records (plain Python values) from columns."""
     keys = list(cols)
-    return [dict(zip(keys, vals, strict=True)) for vals in zip(*(cols[k] for k in keys), strict=True)]
+    lists = [np.asarray(cols[k]).tolist() for k in keys]
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*lists, strict=True)]

@@ -7,6 +7,7 @@ bACC, GM and many/medium/few-shot means are written too, as rows derived from th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,15 +20,22 @@ from lddyn.train.forward import baseline_logits
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+def predict(
+    model: torch.nn.Module,
+    x: Tensor,
+    batch_size: int = 512,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Logits of ``model`` in eval mode on images ``x``, passed through ``transform`` batch by batch."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size])["logits"] for i in range(0, len(x), batch_size)])
+    prep = transform or (lambda batch: batch)
+    return torch.cat([model(prep(x[i : i + batch_size]))["logits"] for i in range(0, len(x), batch_size)])
 
 
 def evaluate(trainer, model: torch.nn.Module) -> dict[bool, Tensor]:  # noqa: ANN001
     """Per-class recall {debiased: (C,)} of ``model`` on the test split."""
     data = trainer.data
-    logits = predict(model, data.x_test)
+    logits = predict(model, data.x_test, transform=trainer.aug.normalize)  # the test transform
     ctx = EvalContext(model, lambda: baseline_logits(model, trainer.baseline, train=False))
     debiased = logits
     for method in trainer.methods:

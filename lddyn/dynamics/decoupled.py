@@ -1,0 +1,325 @@
+"""Group gradients of one step at the cost of about one backward, with BatchNorm coupling split off.
+
+The exact group gradient ∇θ L_g goes through the training forward, where BatchNorm's batch
+statistics couple the samples, so it costs one backward per group. The *decoupled* route
+re-forwards the step's training batches (captured as the trainer forwarded them, so every
+BatchNorm batch is reproduced) with each BatchNorm's batch mean and variance computed from the
+same batch but held constant: the forward values equal the training forward's, while each sample's
+gradient now depends on that sample alone. One backward seeded with the per-sample logit
+gradients G then gives every sample's output cotangent at every layer, and each group's gradient
+is a per-layer product restricted to the group's samples (Linear: δ_gᵀ a_g; Conv2d: the weight
+gradient of the group's slice; norm affine: Σ δ·x̂ and Σ δ), about one weight-gradient pass for all
+groups together. Parameters of layers this module does not know take a per-group backward on the
+decoupled graph (exact, slower).
+
+What remains, ∇θ L − Σ_g ∇θ L_g^dec, is the part of the step that flows through the batch
+statistics: the *coupling*, reported as its own group (term ``bn_coupling``). It is zero without
+BatchNorm in train mode, where the decoupled groups equal the exact ones.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lddyn.dynamics.functional import frozen_state, trainable_params
+from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, check_keys, group_ids, named_trainable
+from lddyn.dynamics.layerwise import _xhat
+from lddyn.dynamics.structured import Site, build_plan
+from lddyn.losses import LossTerm
+
+#: Relative tolerance for the re-forward reproducing the training logits (else: exact route).
+REPRODUCE_RTOL = 1e-4
+
+
+@dataclass
+class ForwardCall:
+    """One grad-enabled training forward of the model: its input batch and detached 2-D outputs."""
+
+    x: Tensor
+    outputs: dict[str, Tensor]
+
+
+class ForwardCapture:
+    """Records the model's grad-enabled forwards (the training batches) while installed.
+
+    Install at ``step_start`` and remove at ``loss_terms``: the calls are then the BatchNorm
+    batches the loss terms' logits came from. No-grad forwards (pseudo-labels, probes) are skipped.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls: list[ForwardCall] = []
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
+        if not torch.is_grad_enabled() or not args or not isinstance(args[0], Tensor):
+            return
+        items = out.items() if isinstance(out, dict) else [("logits", out)]
+        two_d = {k: v.detach() for k, v in items if isinstance(v, Tensor) and v.dim() == 2}
+        self.calls.append(ForwardCall(args[0], two_d))
+
+    def remove(self) -> list[ForwardCall]:
+        self.handle.remove()
+        return self.calls
+
+
+@contextmanager
+def batch_stats_as_constants(model: nn.Module) -> Iterator[dict[nn.Module, Tensor]]:
+    """BatchNorm layers that normalise by batch statistics use them detached; buffers untouched.
+
+    Yields a dict that receives, per patched layer, the normalised input x̂ of its latest call
+    (what its affine parameters multiply), so nobody recomputes the statistics.
+    """
+    xhat: dict[nn.Module, Tensor] = {}
+
+    def forward(self: _BatchNorm, x: Tensor) -> Tensor:
+        with torch.no_grad():  # the fused kernel's statistics: much faster than var() on CPU
+            normed, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        xhat[self] = normed
+        return F.batch_norm(x, mean, invstd.pow(-2) - self.eps, self.weight, self.bias, False, 0.0, self.eps)
+
+    patched = [
+        m for m in model.modules() if isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)
+    ]
+    for m in patched:
+        m.forward = types.MethodType(forward, m)  # type: ignore[method-assign]
+    try:
+        yield xhat
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _locate(terms: Sequence[LossTerm], calls: Sequence[ForwardCall]) -> tuple[str, list[Tensor]] | None:
+    """(output key, per term the (N_t, 2) [call, row] of each sample), matching logits bit for bit."""
+    keys = [k for k in calls[0].outputs if all(k in c.outputs for c in calls)] if calls else []
+    for key in keys:
+        table: dict[bytes, list[tuple[int, int]]] = {}
+        for k, call in enumerate(calls):
+            for r, row in enumerate(call.outputs[key].cpu().numpy()):
+                table.setdefault(row.tobytes(), []).append((k, r))
+        used: set[tuple[int, int]] = set()
+        where = []
+        for term in terms:
+            pos = []
+            for row in term.logits.detach().cpu().numpy():
+                free = [p for p in table.get(row.tobytes(), []) if p not in used]
+                if not free:
+                    break
+                used.add(free[0])
+                pos.append(free[0])
+            if len(pos) != len(term.logits):
+                break
+            where.append(torch.tensor(pos, dtype=torch.long).reshape(-1, 2))
+        else:
+            return key, where
+    return None
+
+
+class _Capture:
+    """Per site and call: the site input (or x̂ of a norm layer) and a zero delta on its output."""
+
+    def __init__(self, sites: list[Site]) -> None:
+        self.sites = sites
+        self.xhat: dict[nn.Module, Tensor] = {}  # filled by ``batch_stats_as_constants``
+        self.inputs: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+        self.deltas: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+
+    def hook(self, site: Site):  # noqa: ANN201
+        def fn(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            a = args[0].detach()
+            if site.kind == "norm":
+                a = self.xhat.pop(mod) if mod in self.xhat else _xhat(mod, a)
+            self.inputs[site.name].append(a)
+            delta = torch.zeros_like(out, requires_grad=True)
+            self.deltas[site.name].append(delta)
+            return out + delta
+
+        return fn
+
+
+def decoupled_group_gradients(
+    model: nn.Module,
+    terms: Sequence[LossTerm],
+    calls: Sequence[ForwardCall],
+    by: Sequence[str] = GROUP_KEYS,
+) -> GroupGradients | None:
+    """Decoupled group gradients (``mode="decoupled"``), or None when the step cannot be re-formed.
+
+    ``calls`` are the step's grad-enabled forwards (``ForwardCapture``). None when a term's logits
+    are not rows of those forwards (a method's head on stored features, a transformed logit), when
+    two samples share one forward row, or when the re-forward does not reproduce the training
+    logits (e.g. dropout): the caller then takes the exact route. ``coupling`` is left unset.
+    """
+    found = _locate(terms, calls)
+    if found is None:
+        return None
+    key, where = found
+    keys, ids = group_ids(terms, by)
+    logit_grads = list(
+        torch.autograd.grad(
+            sum(t.per_sample().sum() for t in terms), [t.logits for t in terms], retain_graph=True
+        )
+    )
+    params, state = trainable_params(model), frozen_state(model)
+    plan = build_plan(model, params, state, calls[0].x[:1])
+    gid = [torch.full((len(c.x),), -1, dtype=torch.long) for c in calls]
+    seeds = [c.outputs[key].new_zeros(c.outputs[key].shape) for c in calls]
+    for w, i, g in zip(where, ids, logit_grads, strict=True):
+        for k in range(len(calls)):
+            rows = w[w[:, 0] == k, 1]
+            gid[k][rows] = i[w[:, 0] == k]
+            seeds[k][rows.to(seeds[k].device)] = g[(w[:, 0] == k).to(g.device)].detach()
+    active = [k for k in range(len(calls)) if bool((gid[k] >= 0).any())]
+    capture = _Capture(plan.sites)
+    logits = _reforward(model, [calls[k] for k in active], capture, key)
+    for k, z in zip(active, logits, strict=True):
+        used = gid[k] >= 0
+        tol = REPRODUCE_RTOL * (1.0 + float(calls[k].outputs[key].abs().max()))
+        if float((z.detach()[used] - calls[k].outputs[key][used]).abs().max()) > tol:
+            return None
+    seed_loss = sum((z * seeds[k]).sum() for k, z in zip(active, logits, strict=True))
+    flat = [d for s in plan.sites for d in capture.deltas[s.name]]
+    cot = torch.autograd.grad(seed_loss, flat, retain_graph=bool(plan.generic), allow_unused=True)
+    group = torch.cat([gid[k] for k in active])
+    grads = _site_group_sums(plan.sites, capture, cot, group, len(keys), named_trainable(model))
+    if plan.generic:
+        _generic_group_sums(
+            model, plan.generic, logits, [seeds[k] for k in active], [gid[k] for k in active], grads
+        )
+    sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
+    return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, mode="decoupled")
+
+
+def _reforward(model: nn.Module, calls: Sequence[ForwardCall], capture: _Capture, key: str) -> list[Tensor]:
+    """Each captured batch through the model with constant batch statistics.
+
+    Buffers are never written (the patched BatchNorm is a pure function; writing them would also
+    break the live training graph, which saved them for its backward).
+    """
+    handles = [s.module.register_forward_hook(capture.hook(s)) for s in capture.sites]
+    try:
+        with torch.enable_grad(), batch_stats_as_constants(model) as xhat:
+            capture.xhat = xhat
+            out = [model(c.x) for c in calls]
+    finally:
+        for h in handles:
+            h.remove()
+    return [o[key] if isinstance(o, dict) else o for o in out]
+
+
+def _site_group_sums(
+    sites: list[Site],
+    capture: _Capture,
+    cot: Sequence[Tensor | None],
+    group: Tensor,
+    num_groups: int,
+    named: dict[str, nn.Parameter],
+) -> list[dict[str, Tensor | None]]:
+    """Σ_{b∈g} ∇θ ℓ_b^dec of every structured site's parameters, for every group g."""
+    out: list[dict[str, Tensor | None]] = [dict.fromkeys(named) for _ in range(num_groups)]
+    keep = torch.nonzero(group >= 0).flatten()
+    order = keep[torch.argsort(group[keep], stable=True)]  # kept rows, sorted by group
+    sizes = torch.bincount(group[keep], minlength=num_groups).tolist()
+    pos = 0
+    for site in sites:
+        n_calls = len(capture.inputs[site.name])
+        parts = list(cot[pos : pos + n_calls])
+        pos += n_calls
+        if not site.params or any(p is None for p in parts) or n_calls == 0:
+            continue
+        if site.kind == "norm":  # per-sample sums are small: fold per call, no copy of the maps
+            sums = _norm_sums(site, capture.inputs[site.name], parts, group, num_groups)
+        else:
+            rows = order.to(parts[0].device)
+            a = torch.cat(capture.inputs[site.name]).index_select(0, rows)
+            sums = _patch_sums(site, a, torch.cat(parts).index_select(0, rows), sizes)
+        for role, full in site.params.items():
+            for g in range(num_groups):
+                out[g][full] = sums[role][g].reshape(named[full].shape)
+    return out
+
+
+def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int]) -> dict[str, Tensor]:
+    m = site.module
+    result: dict[str, Tensor] = {}
+    if isinstance(m, nn.Conv2d):
+        a_parts, d_parts = a.split(sizes), d.split(sizes)
+        if "weight" in site.params:
+            result["weight"] = torch.stack(
+                [
+                    torch.nn.grad.conv2d_weight(
+                        ai, m.weight.shape, di, m.stride, m.padding, m.dilation, m.groups
+                    )
+                    if len(ai)
+                    else m.weight.new_zeros(m.weight.shape)
+                    for ai, di in zip(a_parts, d_parts, strict=True)
+                ]
+            )
+        if "bias" in site.params:
+            result["bias"] = torch.stack([di.sum((0, 2, 3)) for di in d_parts])
+        return result
+    a2, d2 = a.reshape(len(a), -1, a.shape[-1]), d.reshape(len(d), -1, d.shape[-1])
+    a_parts, d_parts = a2.split(sizes), d2.split(sizes)
+    if "weight" in site.params:
+        result["weight"] = torch.stack(
+            [
+                di.reshape(-1, di.shape[-1]).T @ ai.reshape(-1, ai.shape[-1])
+                for ai, di in zip(a_parts, d_parts, strict=True)
+            ]
+        )
+    if "bias" in site.params:
+        result["bias"] = torch.stack([di.sum((0, 1)) for di in d_parts])
+    return result
+
+
+def _norm_sums(
+    site: Site, xhat: list[Tensor], d: list[Tensor], group: Tensor, num_groups: int
+) -> dict[str, Tensor]:
+    """Norm affine: per-sample Σ δ·x̂ (weight) and Σ δ (bias) over positions, summed per group."""
+    if isinstance(site.module, nn.LayerNorm):
+        width = int(torch.Size(site.module.normalized_shape).numel())
+
+        def fold(t: Tensor) -> Tensor:
+            return t.reshape(t.shape[0], -1, width).sum(1)
+    else:
+
+        def fold(t: Tensor) -> Tensor:
+            return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
+
+    keep = torch.nonzero(group >= 0).flatten().to(d[0].device)
+    result = {}
+    for role in site.params:
+        folded = [fold(di * xi) if role == "weight" else fold(di) for xi, di in zip(xhat, d, strict=True)]
+        per_sample = torch.cat(folded).index_select(0, keep)
+        result[role] = per_sample.new_zeros(num_groups, per_sample.shape[1]).index_add_(
+            0, group.to(keep.device).index_select(0, keep), per_sample
+        )
+    return result
+
+
+def _generic_group_sums(
+    model: nn.Module,
+    names: list[str],
+    logits: list[Tensor],
+    seeds: list[Tensor],
+    gid: list[Tensor],
+    grads: list[dict[str, Tensor | None]],
+) -> None:
+    """Parameters outside the structured sites: one backward per group on the decoupled graph."""
+    named = named_trainable(model)
+    params = [named[n] for n in names]
+    for g in range(len(grads)):
+        loss = sum(
+            (z * s * (i == g).to(s)[:, None]).sum() for z, s, i in zip(logits, seeds, gid, strict=True)
+        )
+        gr = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        for n, v in zip(names, gr, strict=True):
+            grads[g][n] = v
