@@ -134,7 +134,7 @@ class TrainConfig:
     eval_every: int = at_least(100, 1)
     checkpoint_every: int = at_least(250, 1)
     log_every: int = at_least(10, 1)
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when one is visible, else cpu)
+    device: str = "auto"  # auto (cuda when one is visible, else cpu) | cpu | cuda | cuda:N
     threads: int = non_negative(0)  # 0 = torch's default
     precision: str = one_of("fp32", "fp32", "bf16")  # bf16 = autocast of the training forwards
     channels_last: bool = False  # NHWC weights and activations (faster convolutions on GPUs)

@@ -206,8 +206,10 @@ def test_rows_are_tidy_and_match_tensors() -> None:
         "status",
         "quantity",
         "value",
+        "grad_mode",
     }
     assert all(set(r) == cols for r in rows)
+    assert {r["grad_mode"] for r in rows} == {"exact"}
     g = 2
     key = dict(zip(dec.by, dec.groups[g], strict=True))
     hit = [

@@ -308,13 +308,13 @@ def test_freematch_fairness_term_has_the_batch_value_and_gradient(tmp_path: Path
 
 def test_phase_plan_keeps_the_ratios_and_every_phase() -> None:
     cfg = AlternateConfig(name="alternate")
-    plan = phase_plan(cfg, 1000, n_lb=100, n_ulb=300)
+    plan = phase_plan(cfg, 1000, n_lb=100, n_ulb=300, lb_batch=10, ulb_batch=30)
     assert [p.name for p in plan][:4] == ["init", "init_classifier", "loop1_semi", "loop1_classifier"]
     assert len(plan) == 12 and plan[-1].end == 1000
     ends = [0] + [p.end for p in plan]
     lengths = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     assert min(lengths) >= 1
-    weights = [40 * 100, 5 * 100] + [8 * 400, 5 * 100] * 5
+    weights = [40 * 10, 5 * 10] + [8 * 10, 5 * 10] * 5  # epochs x steps per epoch (100/10, 400/40)
     for length, w in zip(lengths, weights, strict=True):
         assert abs(length - 1000 * w / sum(weights)) <= 1.5
     tiny = phase_plan(cfg, 12, n_lb=100, n_ulb=300)

@@ -2,10 +2,10 @@
 
 For an SGD step Δθ = −η ∇θ L the observed log-probabilities move by
     Δ log π(·|x_o) = −η T(x_o) Σ_g K(x_o, ·) G_g + O(η²),   T = I − 1 πᵀ,
-and a group's K·G sum is J_o ∇θ L_g: one gradient of the group loss through the live training
-graph, then one JVP at the observations. Shapes: O observations, C classes, Gn groups, N_t
-samples of term t. Observation forwards run with normalisation layers in eval mode (running
-statistics) and never update buffers.
+and a group's K·G sum is J_o ∇θ L_g: one gradient of the group loss, then one product with the
+observation Jacobian (``obs_jacobian``: layer factors of J_o, all groups at once). Shapes:
+O observations, C classes, Gn groups, N_t samples of term t. Observation forwards run with
+normalisation layers in eval mode (running statistics) and never update buffers.
 
 Exactness, stated per value:
 
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from lddyn.dynamics import tidy
 from lddyn.dynamics.decoupled import ForwardCall, decoupled_group_gradients
 from lddyn.dynamics.entk import empirical_ntk
-from lddyn.dynamics.functional import Params, eval_logits, jvp_logits, sensitivity, trainable_params
+from lddyn.dynamics.functional import Params, sensitivity, trainable_params
 from lddyn.dynamics.groups import (
     COUPLING_TERM,
     DECOUPLED,
@@ -47,6 +47,7 @@ from lddyn.dynamics.groups import (
     group_gradients,
     named_trainable,
 )
+from lddyn.dynamics.obs_jacobian import ObservationJacobian
 from lddyn.losses import LossTerm
 
 
@@ -229,15 +230,19 @@ def decompose_grads(
 ) -> StepDecomposition:
     """The observation side of a decomposition from group gradients already taken.
 
-    One vmapped JVP at ``x_obs`` along every group gradient, the coupling (decoupled mode) and
-    the total, at ``params``/``state`` (default: the model's current ones). Needs no graph, so a
-    recorder can run it after the optimiser step with the parameters saved before it.
+    J_o (``ObservationJacobian``) along every group gradient and the coupling (decoupled mode);
+    the total is their sum (linearity), or its own product along ``grads.total_direct`` in exact mode
+    when that was taken, an independent check. Evaluated at ``params``/``state`` (default: the
+    model's current ones); needs no graph, so a recorder can run it after the optimiser step
+    with the parameters saved before it.
     """
     params = trainable_params(model) if params is None else params
-    total = grads.total_direct if grads.total_direct is not None else grads.total()
-    directions = list(grads.grads) + ([grads.coupling] if grads.coupling is not None else []) + [total]
-    kg = jvp_logits(model, x_obs, [as_tangent(g, params) for g in directions], params, state)
-    logits = eval_logits(model, x_obs, params, state)
+    directions = list(grads.grads) + ([grads.coupling] if grads.coupling is not None else [])
+    own_total = grads.mode == EXACT and grads.total_direct is not None  # an independent check
+    if own_total:
+        directions.append(grads.total_direct)
+    jacobian = ObservationJacobian(model, x_obs, params, state)
+    kg, logits = jacobian.apply(directions), jacobian.logits
     gn = len(grads.grads)
     return StepDecomposition(
         step=step,
@@ -248,7 +253,7 @@ def decompose_grads(
         logits=logits,
         probs=F.softmax(logits, -1),
         kg=kg[:gn],
-        kg_total=kg[-1],
+        kg_total=kg[-1] if own_total else kg.sum(0),
         G=dict(zip(names, grads.logit_grads, strict=True)),
         group_id=dict(zip(names, grads.ids, strict=True)),
         obs_ids=torch.arange(len(x_obs)) if obs_ids is None else obs_ids,
@@ -278,7 +283,7 @@ def track_samples(
             tangents.append(as_tangent(dict(zip(named, g, strict=True)), params))
             rows.append(r)
             meta.append((name, term, grads.logit_grads[k][r]))
-    kg_exact = jvp_logits(model, x_obs, tangents, params)
+    kg_exact = ObservationJacobian(model, x_obs, params).apply(tangents)
     G = torch.stack([m[2] for m in meta])
     kg_entk = _entk_values(model, x_obs, track, inputs, G) if inputs is not None else None
     pick = [(m[1], r) for m, r in zip(meta, rows, strict=True)]

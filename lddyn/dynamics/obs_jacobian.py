@@ -1,11 +1,15 @@
-"""The observation Jacobian J_o = ∂z(x_o)/∂θ, kept to map many parameter directions at once.
+"""J_o · v for many parameter directions v at once, from the observations' layer factors.
 
-A step's decomposition needs J_o · v for one direction v per group (plus the total and the
-coupling). A vmapped JVP pays a forward-mode pass over O observations per direction; forming J_o
-once (structured per layer: one forward and C backwards over the O observations, norm layers in
-eval mode) and multiplying it by the stacked directions costs one GEMM of (O·C × P) by (P × K),
-so adding groups is almost free. J_o is evaluated at the parameters it was built at: build it
-before the optimiser step.
+A step's decomposition maps one direction per group (plus the coupling and the total) to the
+observation logits. A vmapped JVP pays a forward-mode pass per direction. Here the observations
+are forwarded once (norm layers in eval mode, so samples do not interact) and C backwards give
+every layer's output cotangent g_c = ∂z_c/∂y per observation; then for a layer y = W a + b,
+    (J_o v)_c = Σ_positions g_c · (V a + v_b),
+so all K directions of a layer cost one layer forward of the observations with the K stacked
+weight directions as output channels, plus a small contraction with g. Normalisation affine
+parameters use x̂, and layers the structured plan does not know use exact per-sample Jacobians.
+Everything is evaluated at the parameters and buffers it was built at: build it before the
+optimiser step (or pass the saved ones).
 """
 
 from __future__ import annotations
@@ -13,47 +17,110 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lddyn.dynamics.contract import LazyJac
 from lddyn.dynamics.functional import Params, frozen_state, trainable_params
-from lddyn.dynamics.layerwise import generic_jacobians, site_blocks
-from lddyn.dynamics.structured import build_plan
+from lddyn.dynamics.layerwise import _forward, _xhat, generic_jacobians
+from lddyn.dynamics.structured import Site, build_plan
+
+Direction = dict[str, Tensor | None]
+#: From K >= this many times C directions a Conv2d layer's J_o is formed and multiplied (measured
+#: on the digits CNN: slower than the stacked convolution at K = 2C, much faster at K = 15C).
+JACOBIAN_ROUTE_RATIO = 4
 
 
 class ObservationJacobian:
-    """J_o per trainable parameter, (O, C, numel) blocks; ``apply`` maps directions to logit pushes."""
+    """Layer factors of J_o at (params, state); ``apply`` maps directions to logit pushes (K, O, C)."""
 
-    def __init__(self, model: nn.Module, x_obs: Tensor, params: Params | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, x_obs: Tensor, params: Params | None = None, state: Params | None = None
+    ) -> None:
         params = trainable_params(model) if params is None else params
-        state = frozen_state(model)
+        state = frozen_state(model) if state is None else state
         plan = build_plan(model, params, state, x_obs)
-        for site in plan.sites:
-            site.route = "jacobian"
-        blocks, _ = site_blocks(model, plan, params, state, x_obs) if plan.sites else ({}, [])
-        if plan.generic:
-            blocks.update(generic_jacobians(model, plan.generic, params, state, x_obs))
-        self.o, self.c = x_obs.shape[0], None
-        self.blocks: dict[str, Tensor] = {}
-        for name, block in blocks.items():
-            full = block.full() if isinstance(block, LazyJac) else block
-            self.c = full.shape[1]
-            self.blocks[name] = full.reshape(full.shape[0] * full.shape[1], -1)
+        logits, inputs, deltas = _forward(model, plan, params, state, x_obs)
+        self.logits = logits.detach()  # (O, C) observation logits, eval mode
+        self.sites: list[Site] = plan.sites
+        self.o, self.c = logits.shape
+        ds = [deltas[s.name] for s in plan.sites]
+        per_class = []
+        for k in range(self.c):
+            gk = torch.autograd.grad(logits[:, k].sum(), ds, retain_graph=k < self.c - 1, allow_unused=True)
+            per_class.append([torch.zeros_like(d) if g is None else g for g, d in zip(gk, ds, strict=True)])
+        # per site: cotangents (O, C, *output shape) and the input (or x̂ of a norm layer)
+        self.cot = [torch.stack([pc[i] for pc in per_class], 1) for i in range(len(ds))]
+        self.inputs = [
+            _xhat(s.module, inputs[s.name]) if s.kind == "norm" else inputs[s.name] for s in plan.sites
+        ]
+        jac = generic_jacobians(model, plan.generic, params, state, x_obs) if plan.generic else {}
+        self.generic = {n: j.reshape(self.o * self.c, -1) for n, j in jac.items()}
         self.shapes = {n: p.shape for n, p in params.items()}
 
-    def apply(self, directions: Sequence[dict[str, Tensor | None]]) -> Tensor:
-        """J_o · v for each direction v (name -> tensor, missing/None = zero): (K, O, C)."""
+    def apply(self, directions: Sequence[Direction]) -> Tensor:
+        """J_o · v for each direction v (name -> tensor; missing or None = zero): (K, O, C)."""
         k = len(directions)
-        out: Tensor | None = None
-        for name, jac in self.blocks.items():
-            cols = [d.get(name) for d in directions]
-            if all(v is None for v in cols):
-                continue
-            stacked = torch.stack(
-                [jac.new_zeros(jac.shape[1]) if v is None else v.reshape(-1).to(jac) for v in cols], 1
-            )  # (numel, K)
-            out = jac @ stacked if out is None else out.addmm_(jac, stacked)
-        if out is None:
-            any_block = next(iter(self.blocks.values()))
-            out = any_block.new_zeros(any_block.shape[0], k)
-        return out.T.reshape(k, self.o, -1)
+        out = self.logits.new_zeros(self.o, self.c, k)
+        for site, a, g in zip(self.sites, self.inputs, self.cot, strict=True):
+            stacked = {r: _stack(directions, full, self.shapes[full], a) for r, full in site.params.items()}
+            if site.kind == "norm":
+                out += _norm_push(site, a, g, stacked, k)
+            else:
+                out += _patch_push(site, a, g, stacked, k)
+        for name, jac in self.generic.items():
+            v = _stack(directions, name, self.shapes[name], jac)
+            if v is not None:
+                out += (jac @ v.reshape(k, -1).T).view(self.o, self.c, k)
+        return out.permute(2, 0, 1)
+
+
+def _stack(directions: Sequence[Direction], name: str, shape: torch.Size, like: Tensor) -> Tensor | None:
+    """(K, *shape) directions of one parameter, or None when no direction touches it."""
+    vals = [d.get(name) for d in directions]
+    if all(v is None for v in vals):
+        return None
+    return torch.stack([like.new_zeros(shape) if v is None else v.to(like) for v in vals])
+
+
+def _patch_push(site: Site, a: Tensor, g: Tensor, stacked: dict[str, Tensor | None], k: int) -> Tensor:
+    """Σ_positions g_c · (V a + v_b) for a Linear / Conv2d site: (O, C, K)."""
+    m, o, c = site.module, g.shape[0], g.shape[1]
+    out = g.new_zeros(o, c, k)
+    conv = isinstance(m, nn.Conv2d)
+    units = m.out_channels if conv else m.out_features
+    weight, bias = stacked.get("weight"), stacked.get("bias")
+    if weight is not None:
+        if conv and k >= JACOBIAN_ROUTE_RATIO * c:  # many directions: form the layer's J_o once
+            patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (O, in·k², S)
+            jac = torch.bmm(g.reshape(o, c * units, -1), patches.transpose(1, 2))  # (O, C·out, in·k²)
+            out += (jac.reshape(o * c, -1) @ weight.reshape(k, -1).T).view(o, c, k)
+        elif conv:  # the K directions as K·out output channels of one convolution
+            y = F.conv2d(a, weight.flatten(0, 1), None, m.stride, m.padding, m.dilation)
+            y = y.reshape(o, k, -1)  # (O, K, out·S), output channel major like g
+            out += torch.bmm(g.reshape(o, c, -1), y.transpose(1, 2))
+        else:
+            y = F.linear(a, weight.flatten(0, 1))  # (O, *mid, K·out)
+            y = y.reshape(o, -1, k, units).permute(0, 2, 1, 3).reshape(o, k, -1)
+            out += torch.bmm(g.reshape(o, c, -1), y.transpose(1, 2))
+    if bias is not None:
+        g_units = g.reshape(o, c, units, -1).sum(3) if conv else g.reshape(o, c, -1, units).sum(2)
+        out += g_units @ bias.T
+    return out
+
+
+def _norm_push(site: Site, xhat: Tensor, g: Tensor, stacked: dict[str, Tensor | None], k: int) -> Tensor:
+    """Σ_positions g_c · (γ_v x̂ + β_v) for a norm layer's affine directions: (O, C, K)."""
+    o, c = g.shape[0], g.shape[1]
+    if isinstance(site.module, nn.LayerNorm):
+        width = int(torch.Size(site.module.normalized_shape).numel())
+        gx, gs = (g * xhat[:, None]).reshape(o, c, -1, width).sum(2), g.reshape(o, c, -1, width).sum(2)
+    else:
+        ch = xhat.shape[1]
+        gx = (g * xhat[:, None]).reshape(o, c, ch, -1).sum(3)
+        gs = g.reshape(o, c, ch, -1).sum(3)
+    out = g.new_zeros(o, c, k)
+    if stacked.get("weight") is not None:
+        out += gx @ stacked["weight"].reshape(k, -1).T
+    if stacked.get("bias") is not None:
+        out += gs @ stacked["bias"].reshape(k, -1).T
+    return out

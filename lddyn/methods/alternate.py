@@ -15,7 +15,8 @@ head g' is trained with random sampling. The run is a sequence of phases (the ``
 * ``loop<k>_classifier``: as ``init_classifier`` (g fine-tuned, not re-initialised).
 
 Phase lengths keep the paper's ratios: each phase's share of ``train.steps`` is proportional to
-its epochs times the size of the set it walks (labeled, or labeled plus unlabeled).
+its epochs times the steps of one epoch over the set it walks (labeled with B per step, or
+labeled plus unlabeled with B + muB per step); a run of the natural length has the epochs as set.
 """
 
 from __future__ import annotations
@@ -59,15 +60,22 @@ class Phase:
     end: int  # last step of the phase (1-based, inclusive)
 
 
-def phase_plan(cfg: AlternateConfig, steps: int, n_lb: int, n_ulb: int) -> list[Phase]:
-    """The phases with step budgets proportional to epochs x set size, each at least one step."""
+def phase_plan(
+    cfg: AlternateConfig, steps: int, n_lb: int, n_ulb: int, lb_batch: int = 1, ulb_batch: int = 1
+) -> list[Phase]:
+    """Phases whose step budgets keep the ratios of their epochs, each at least one step.
+
+    A labeled-only epoch takes n_lb / lb_batch steps, a semi-supervised one (n_lb + n_ulb) /
+    (lb_batch + ulb_batch); the natural plan is scaled to ``steps``.
+    """
+    lb_epoch, semi_epoch = n_lb / lb_batch, (n_lb + n_ulb) / (lb_batch + ulb_batch)
     parts = [
-        ("init", INIT, cfg.init_epochs * n_lb),
-        ("init_classifier", CLASSIFIER, cfg.classifier_init_epochs * n_lb),
+        ("init", INIT, cfg.init_epochs * lb_epoch),
+        ("init_classifier", CLASSIFIER, cfg.classifier_init_epochs * lb_epoch),
     ]
     for k in range(1, cfg.loops + 1):
-        parts.append((f"loop{k}_semi", SEMI, cfg.semi_epochs * (n_lb + n_ulb)))
-        parts.append((f"loop{k}_classifier", CLASSIFIER, cfg.classifier_epochs * n_lb))
+        parts.append((f"loop{k}_semi", SEMI, cfg.semi_epochs * semi_epoch))
+        parts.append((f"loop{k}_classifier", CLASSIFIER, cfg.classifier_epochs * lb_epoch))
     if steps < len(parts):
         raise ValueError(f"train.steps={steps} is fewer than the {len(parts)} phases of alternate sampling")
     total, cum, ends = sum(w for *_, w in parts), 0.0, []
@@ -126,7 +134,8 @@ class AlternateSampling(Method):
         super().__init__(cfg, info)
         data = info.data
         self.n_lb, self.n_ulb = len(data.y_lb), len(data.y_ulb)
-        self.plan = phase_plan(cfg, info.total_steps, self.n_lb, self.n_ulb)
+        batches = (info.labeled_batch, info.unlabeled_batch)
+        self.plan = phase_plan(cfg, info.total_steps, self.n_lb, self.n_ulb, *batches)
         self.pseudo = torch.full((self.n_ulb,), -1, dtype=torch.long)  # U': stage-1 labels
         self.previous = torch.zeros(self.n_lb + self.n_ulb, data.num_classes)  # p^{e-1}, labeled first
         self.prepared = ""  # the semi phase whose stage 1 has run

@@ -38,6 +38,8 @@ class RunInfo:
     total_steps: int
     lb_counts: Tensor  # (C,) labeled class counts
     seed: int = 0  # the run's seed, for methods that draw their own random numbers
+    labeled_batch: int = 1  # B
+    unlabeled_batch: int = 1  # mu * B
 
 
 @dataclass

@@ -95,8 +95,7 @@ class BMB(Method):
     # --- the step ------------------------------------------------------------------------------------
 
     def reshape_losses(self, ctx: StepContext, terms: list[LossTerm]) -> list[LossTerm]:
-        sup = next(t for t in terms if t.name == "sup")
-        unsup = next(t for t in terms if t.name == "unsup")
+        sup, unsup = (_term(terms, name) for name in ("sup", "unsup"))
         out_lb, out_s, out_w = ctx.outputs["labeled"], ctx.outputs["strong"], ctx.outputs["weak"]
         dev = sup.logits.device
         w = self.labeled_weights().to(dev)[sup.source_class]
@@ -181,3 +180,11 @@ class BMB(Method):
         self.bank.load_state_dict(state["bank"])
         self.estimate.load_state_dict(state["estimate"])
         self.generator.set_state(state["generator"])
+
+
+def _term(terms: list[LossTerm], name: str) -> LossTerm:
+    found = next((t for t in terms if t.name == name), None)
+    if found is None:
+        names = [t.name for t in terms]
+        raise ValueError(f"bmb reshapes FixMatch's {name!r} term, but the step's terms are {names}")
+    return found

@@ -65,7 +65,15 @@ class Trainer:
         self.aug = Augmenter(self._augment_config())
         self.model = self._build_model().to(self.device)
         labeled_counts = self.data.class_counts("labeled").cpu()
-        self.info = RunInfo(self.data, cfg.train.steps, labeled_counts, seed=cfg.train.seed)
+        batch = cfg.ssl.batch_size
+        self.info = RunInfo(
+            self.data,
+            cfg.train.steps,
+            labeled_counts,
+            seed=cfg.train.seed,
+            labeled_batch=batch,
+            unlabeled_batch=batch * cfg.ssl.uratio,
+        )
         self.methods = build_methods(cfg.methods, self.info)
         for method in self.methods:  # extra heads are part of the model: trained, averaged, saved
             self.model = method.extend_model(self.model).to(self.device)
