@@ -4,8 +4,10 @@ One run, one machine, the same models and inputs for every method:
 
 * digits CNN (``build_model("cnn", num_classes=10, image_shape=(1, 8, 8))``) at O=32 x B=256;
 * WRN-28-2 at CIFAR size (3x32x32) at O in {8, 32} x B in {64, 256} (``--quick``: 8 x 64);
-* the grouped decomposition on the CNN: 10 groups (one backward each) + one vmapped JVP at the
-  32 observations, the total alone (one backward + one JVP), and a plain training
+* the grouped decomposition on the CNN: 10 groups, exact (one backward each) and decoupled
+  (``record.groups=decoupled``: one re-forward and one backward for all groups, plus here one
+  backward for the total, which the recorder reads from ``.grad`` instead), each mapped to the 32
+  observations by the observation Jacobian; the total alone; and a plain training
   forward+backward for reference.
 
 Peers are the two ``torch.func`` recipes of the PyTorch "Neural Tangent Kernels" tutorial,
@@ -49,6 +51,8 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lddyn.dynamics import decompose_step, empirical_ntk, group_gradients  # noqa: E402
+from lddyn.dynamics.decompose import take_group_gradients  # noqa: E402
+from lddyn.dynamics.decoupled import ForwardCapture  # noqa: E402
 from lddyn.losses import LossTerm  # noqa: E402
 from lddyn.models import build_model  # noqa: E402
 
@@ -154,10 +158,15 @@ def decomposition_call(case: dict, model: torch.nn.Module, x_obs: torch.Tensor, 
             sum(t.loss() for t in training_terms(model, x_train, 10)).backward()
 
         return step
+    capture = ForwardCapture(model)
     terms = training_terms(model, x_train, 10)
-    by = ("source_class",) if case["method"] == "lddyn:grouped" else ()
+    calls = capture.remove()
+    by = () if case["method"] == "lddyn:total" else ("source_class",)
 
     def run():  # noqa: ANN202
+        if case["method"] == "lddyn:grouped-decoupled":  # total from .grad in the recorder: here
+            grads = take_group_gradients(model, terms, by, "decoupled", calls)  # one more backward
+            return decompose_step(model, terms, x_obs, lr=0.1, by=by, grads=grads)
         grads = group_gradients(model, terms, by, with_total=False)
         return decompose_step(model, terms, x_obs, lr=0.1, by=by, grads=grads)
 
@@ -256,7 +265,7 @@ def groups(args: argparse.Namespace) -> list[dict]:
             "model": "cnn",
             "o": 32,
             "b": 256,
-            "methods": ["lddyn:grouped", "lddyn:total", "train-step"],
+            "methods": ["lddyn:grouped", "lddyn:grouped-decoupled", "lddyn:total", "train-step"],
             "repeats": args.repeats,
         }
     )

@@ -17,7 +17,9 @@ Cases, all on the digits-dytrim preset with every callback but the progress disp
   the grouped case.
 
 The cases alternate over the repeats so machine load hits them alike; each keeps its fastest
-repeat. Ratios are against the unrecorded (or grouped) case of this same run.
+repeat. Ratios are against the unrecorded (or grouped) case of this same run. Like
+bench_entk.py, the script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before torch starts: on a
+shared 2-core machine spinning OpenMP workers otherwise slow every case by up to tens of times.
 
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
 """
@@ -29,14 +31,16 @@ import os
 import tempfile
 import time
 
-import torch
-from torch import Tensor
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
 
-from lddyn.config import load_config
-from lddyn.dynamics.recorder import DynamicsRecorder
-from lddyn.losses import LossTerm
-from lddyn.train.run import build_callbacks
-from lddyn.train.trainer import Trainer
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from lddyn.config import load_config  # noqa: E402
+from lddyn.dynamics.recorder import DynamicsRecorder  # noqa: E402
+from lddyn.losses import LossTerm  # noqa: E402
+from lddyn.train.run import build_callbacks  # noqa: E402
+from lddyn.train.trainer import Trainer  # noqa: E402
 
 PER_SAMPLE_EVERY = 50
 
@@ -100,9 +104,10 @@ def main() -> None:
         for name, (overrides, whole_batch) in CASES.items():
             best[name] = max(best[name], steps_per_second(overrides, args.steps, whole_batch))
     base, grouped = best["unrecorded"], best["grouped, every step"]
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
         f"digits-dytrim, {args.steps} timed steps, best of {args.repeats}, torch threads "
-        f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores\n"
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average at the end {load}\n"
     )
     print("| case | steps/s | ms/step | recorder cost / unrecorded step | over grouped |")
     print("|---|---|---|---|---|")

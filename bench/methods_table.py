@@ -57,7 +57,9 @@ def final_scores(run_dir: Path) -> dict[str, float]:
     metrics = read_table(run_dir, "metrics")
     last = metrics[(metrics.step == metrics.step.max()) & metrics.debiased]
     scores = {m: float(last[last.metric == m].value.iloc[0]) for m in ("bacc", "gm")}
-    scores["wall"] = float(json.loads((run_dir / "run.json").read_text())["wall_seconds"])
+    info = json.loads((run_dir / "run.json").read_text())
+    scores["wall"] = float(info["wall_seconds"])
+    scores["steps"] = float(info["config"]["train"]["steps"])
     return scores
 
 
@@ -70,14 +72,16 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
 
 def markdown(rows: dict[str, list[dict[str, float]]], seeds: list[int]) -> str:
     lines = [
-        "| method (preset) | bACC % | GM % | wall s / run | seeds |",
-        "|---|---|---|---|---|",
+        "| method (preset) | bACC % | GM % | steps | wall s / run | seeds |",
+        "|---|---|---|---|---|---|",
     ]
     for preset, scores in rows.items():
         bacc = mean_std([s["bacc"] for s in scores])
         gm = mean_std([s["gm"] for s in scores])
         wall = statistics.fmean(s["wall"] for s in scores)
-        lines.append(f"| {preset} | {bacc} | {gm} | {wall:.0f} | {','.join(map(str, seeds))} |")
+        steps = int(scores[0]["steps"])
+        seed_list = ",".join(map(str, seeds))
+        lines.append(f"| {preset} | {bacc} | {gm} | {steps} | {wall:.0f} | {seed_list} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return start_run(cfg, tmp_path_factory.mktemp("rec") / "run", progress=False)
 
 
+@pytest.fixture(scope="module")
+def exact_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(
+        "digits-dytrim",
+        ["train.steps=2", "train.threads=1", "record.dynamics=true", "record.every=1", "record.groups=exact"],
+    )
+    return start_run(cfg, tmp_path_factory.mktemp("rec_exact") / "run", progress=False)
+
+
 def test_schedule() -> None:
     cfg = load_config("digits-dytrim", ["record.every=5", "record.dense_until=2"]).record
     assert [s for s in range(1, 13) if is_recorded(cfg, s)] == [1, 2, 5, 10]
@@ -66,6 +75,22 @@ def test_dynamics_rows_and_group_sums(run: Path) -> None:
     summed = kg.groupby(coords).value.sum()
     total = dyn[dyn.quantity == "kg_total"].set_index(coords).value
     np.testing.assert_allclose(summed.loc[total.index], total, rtol=1e-4, atol=1e-5)
+    # the default decoupled mode: every row says so, and the batch-statistics coupling is a group
+    assert set(dyn.grad_mode) == {"decoupled"}
+    coupling = kg[kg.term == "bn_coupling"]
+    assert coupling.groupby("step").size().eq(28 * 10).all() and coupling.source_class.isna().all()
+    assert coupling.value.abs().max() > 0
+
+
+def test_exact_mode_is_recorded_as_such(exact_run: Path) -> None:
+    dyn = read_table(exact_run, "dynamics")
+    assert sorted(dyn.step.unique()) == [1, 2] and set(dyn.grad_mode) == {"exact"}
+    assert "bn_coupling" not in set(dyn.term.dropna())
+    kg = dyn[dyn.quantity == "kg"]
+    summed = kg.groupby(["step", "observation", "target_class"]).value.sum()
+    total = dyn[dyn.quantity == "kg_total"].set_index(["step", "observation", "target_class"]).value
+    np.testing.assert_allclose(summed.loc[total.index], total, rtol=1e-4, atol=1e-5)
+    assert set(read_table(exact_run, "realised").grad_mode) == {"exact"}
 
 
 def test_realised_parts_add_up(run: Path) -> None:
@@ -75,6 +100,7 @@ def test_realised_parts_add_up(run: Path) -> None:
     other = {q: rea[rea.quantity == q].set_index(coords).value for q in ("measured", "bn_drift", "residual")}
     np.testing.assert_allclose(parts + other["bn_drift"] + other["residual"], other["measured"], atol=1e-5)
     assert {"group", "carry", "post_decay"} <= set(rea.part.dropna())
+    assert "bn_coupling" in set(rea[rea.part == "group"].term) and set(rea.grad_mode) == {"decoupled"}
 
 
 def test_tracked_samples_when_in_batch(run: Path) -> None:

@@ -9,8 +9,10 @@ gradient now depends on that sample alone. One backward seeded with the per-samp
 gradients G then gives every sample's output cotangent at every layer, and each group's gradient
 is a per-layer product restricted to the group's samples (Linear: δ_gᵀ a_g; Conv2d: the weight
 gradient of the group's slice; norm affine: Σ δ·x̂ and Σ δ), about one weight-gradient pass for all
-groups together. Parameters of layers this module does not know take a per-group backward on the
-decoupled graph (exact, slower).
+groups together. All batches go through one forward with their rows sorted by group (each row
+normalised by its own batch's statistics), so every group is a contiguous slice of every layer's
+input and cotangent. Parameters of layers this module does not know take a per-group backward on
+the decoupled graph (exact, slower).
 
 What remains, ∇θ L − Σ_g ∇θ L_g^dec, is the part of the step that flows through the batch
 statistics: the *coupling*, reported as its own group (term ``bn_coupling``). It is zero without
@@ -24,8 +26,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -71,19 +73,35 @@ class ForwardCapture:
 
 
 @contextmanager
-def batch_stats_as_constants(model: nn.Module) -> Iterator[dict[nn.Module, Tensor]]:
-    """BatchNorm layers that normalise by batch statistics use them detached; buffers untouched.
+def batch_stats_as_constants(model: nn.Module, segment: Tensor, num_segments: int) -> Iterator[dict]:
+    """BatchNorm layers normalise each segment of rows by that segment's statistics, held constant.
 
-    Yields a dict that receives, per patched layer, the normalised input x̂ of its latest call
-    (what its affine parameters multiply), so nobody recomputes the statistics.
+    ``segment`` (N,) names the training batch each row of the forward came from, so one forward
+    of all the step's batches reproduces every batch's normalisation. Buffers are never written.
+    Yields a dict that receives, per patched layer, x̂ of its latest call (what its affine
+    parameters multiply).
     """
-    xhat: dict[nn.Module, Tensor] = {}
+    xhat_of: dict[nn.Module, Tensor] = {}
+    counts = torch.bincount(segment, minlength=num_segments)
 
     def forward(self: _BatchNorm, x: Tensor) -> Tensor:
-        with torch.no_grad():  # the fused kernel's statistics: much faster than var() on CPU
-            normed, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, self.eps)
-        xhat[self] = normed
-        return F.batch_norm(x, mean, invstd.pow(-2) - self.eps, self.weight, self.bias, False, 0.0, self.eps)
+        n, ch = x.shape[0], x.shape[1]
+        view = (n, ch) + (1,) * (x.dim() - 2)
+        with torch.no_grad():  # two-pass statistics per segment, as constants
+            flat = x.detach().reshape(n, ch, -1)
+            per_pos = (counts * flat.shape[2]).to(x.dtype)[:, None]
+            mean = x.new_zeros(num_segments, ch).index_add_(0, segment, flat.sum(2)) / per_pos
+            centered = flat - mean[segment][:, :, None]
+            var = x.new_zeros(num_segments, ch).index_add_(0, segment, (centered * centered).sum(2)) / per_pos
+            scale = torch.rsqrt(var + self.eps)[segment]
+            xhat_of[self] = (centered * scale[:, :, None]).view(x.shape)
+        out = (x - mean[segment].view(view)) * scale.view(view)
+        shape = (1, ch) + (1,) * (x.dim() - 2)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
 
     patched = [
         m for m in model.modules() if isinstance(m, _BatchNorm) and (m.training or m.running_mean is None)
@@ -91,7 +109,7 @@ def batch_stats_as_constants(model: nn.Module) -> Iterator[dict[nn.Module, Tenso
     for m in patched:
         m.forward = types.MethodType(forward, m)  # type: ignore[method-assign]
     try:
-        yield xhat
+        yield xhat_of
     finally:
         for m in patched:
             del m.forward
@@ -103,13 +121,13 @@ def _locate(terms: Sequence[LossTerm], calls: Sequence[ForwardCall]) -> tuple[st
     for key in keys:
         table: dict[bytes, list[tuple[int, int]]] = {}
         for k, call in enumerate(calls):
-            for r, row in enumerate(call.outputs[key].cpu().numpy()):
+            for r, row in enumerate(_host(call.outputs[key])):
                 table.setdefault(row.tobytes(), []).append((k, r))
         used: set[tuple[int, int]] = set()
         where = []
         for term in terms:
             pos = []
-            for row in term.logits.detach().cpu().numpy():
+            for row in _host(term.logits):
                 free = [p for p in table.get(row.tobytes(), []) if p not in used]
                 if not free:
                     break
@@ -123,24 +141,29 @@ def _locate(terms: Sequence[LossTerm], calls: Sequence[ForwardCall]) -> tuple[st
     return None
 
 
+def _host(t: Tensor) -> np.ndarray:
+    """Rows as numpy for bitwise matching; half types widen exactly to float32."""
+    t = t.detach()
+    return (t if t.dtype in (torch.float32, torch.float64) else t.float()).cpu().numpy()
+
+
 class _Capture:
-    """Per site and call: the site input (or x̂ of a norm layer) and a zero delta on its output."""
+    """Per site: the input (or x̂ of a norm layer) and a zero delta on the output, of one forward."""
 
     def __init__(self, sites: list[Site]) -> None:
         self.sites = sites
         self.xhat: dict[nn.Module, Tensor] = {}  # filled by ``batch_stats_as_constants``
-        self.inputs: dict[str, list[Tensor]] = {s.name: [] for s in sites}
-        self.deltas: dict[str, list[Tensor]] = {s.name: [] for s in sites}
+        self.inputs: dict[str, Tensor] = {}
+        self.deltas: dict[str, Tensor] = {}
 
     def hook(self, site: Site):  # noqa: ANN201
         def fn(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
             a = args[0].detach()
             if site.kind == "norm":
                 a = self.xhat.pop(mod) if mod in self.xhat else _xhat(mod, a)
-            self.inputs[site.name].append(a)
-            delta = torch.zeros_like(out, requires_grad=True)
-            self.deltas[site.name].append(delta)
-            return out + delta
+            self.inputs[site.name] = a
+            self.deltas[site.name] = torch.zeros_like(out, requires_grad=True)
+            return out + self.deltas[site.name]
 
         return fn
 
@@ -178,41 +201,51 @@ def decoupled_group_gradients(
             gid[k][rows] = i[w[:, 0] == k]
             seeds[k][rows.to(seeds[k].device)] = g[(w[:, 0] == k).to(g.device)].detach()
     active = [k for k in range(len(calls)) if bool((gid[k] >= 0).any())]
-    capture = _Capture(plan.sites)
-    logits = _reforward(model, [calls[k] for k in active], capture, key)
-    for k, z in zip(active, logits, strict=True):
-        used = gid[k] >= 0
-        tol = REPRODUCE_RTOL * (1.0 + float(calls[k].outputs[key].abs().max()))
-        if float((z.detach()[used] - calls[k].outputs[key][used]).abs().max()) > tol:
-            return None
-    seed_loss = sum((z * seeds[k]).sum() for k, z in zip(active, logits, strict=True))
-    flat = [d for s in plan.sites for d in capture.deltas[s.name]]
-    cot = torch.autograd.grad(seed_loss, flat, retain_graph=bool(plan.generic), allow_unused=True)
+    # one forward of every active batch, rows sorted by group (unused rows first): each group's
+    # rows are then one contiguous slice of every layer's input and cotangent
     group = torch.cat([gid[k] for k in active])
+    order = torch.argsort(group, stable=True)
+    group = group[order]
+    dev_order = order.to(calls[0].x.device)
+    segment = torch.cat([torch.full((len(calls[k].x),), j, dtype=torch.long) for j, k in enumerate(active)])
+    seed = torch.cat([seeds[k] for k in active]).index_select(0, dev_order)
+    want = torch.cat([calls[k].outputs[key] for k in active]).index_select(0, dev_order)
+    capture = _Capture(plan.sites)
+    try:  # batches of different input shapes, or a model that regroups its rows: exact route
+        x = torch.cat([calls[k].x for k in active]).index_select(0, dev_order)
+        z = _reforward(model, x, segment[order].to(x.device), len(active), capture, key)
+    except RuntimeError:
+        return None
+    used = (group >= 0).to(z.device)
+    tol = REPRODUCE_RTOL * (1.0 + float(want.abs().max()))
+    if float((z.detach()[used] - want[used]).abs().max()) > tol:
+        return None
+    deltas = [capture.deltas[s.name] for s in plan.sites]
+    cot = torch.autograd.grad((z * seed).sum(), deltas, retain_graph=bool(plan.generic), allow_unused=True)
     grads = _site_group_sums(plan.sites, capture, cot, group, len(keys), named_trainable(model))
     if plan.generic:
-        _generic_group_sums(
-            model, plan.generic, logits, [seeds[k] for k in active], [gid[k] for k in active], grads
-        )
+        _generic_group_sums(model, plan.generic, z, seed, group, grads)
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
     return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, mode="decoupled")
 
 
-def _reforward(model: nn.Module, calls: Sequence[ForwardCall], capture: _Capture, key: str) -> list[Tensor]:
-    """Each captured batch through the model with constant batch statistics.
+def _reforward(
+    model: nn.Module, x: Tensor, segment: Tensor, num_segments: int, capture: _Capture, key: str
+) -> Tensor:
+    """All rows through the model in one forward, each segment with its own constant statistics.
 
     Buffers are never written (the patched BatchNorm is a pure function; writing them would also
     break the live training graph, which saved them for its backward).
     """
     handles = [s.module.register_forward_hook(capture.hook(s)) for s in capture.sites]
     try:
-        with torch.enable_grad(), batch_stats_as_constants(model) as xhat:
+        with torch.enable_grad(), batch_stats_as_constants(model, segment, num_segments) as xhat:
             capture.xhat = xhat
-            out = [model(c.x) for c in calls]
+            out = model(x)
     finally:
         for h in handles:
             h.remove()
-    return [o[key] if isinstance(o, dict) else o for o in out]
+    return out[key] if isinstance(out, dict) else out
 
 
 def _site_group_sums(
@@ -223,24 +256,21 @@ def _site_group_sums(
     num_groups: int,
     named: dict[str, nn.Parameter],
 ) -> list[dict[str, Tensor | None]]:
-    """Σ_{b∈g} ∇θ ℓ_b^dec of every structured site's parameters, for every group g."""
+    """Σ_{b∈g} ∇θ ℓ_b^dec of every structured site's parameters, for every group g.
+
+    Rows are sorted by ``group`` (unused rows, -1, first), so a group is a slice: no copies.
+    """
     out: list[dict[str, Tensor | None]] = [dict.fromkeys(named) for _ in range(num_groups)]
-    keep = torch.nonzero(group >= 0).flatten()
-    order = keep[torch.argsort(group[keep], stable=True)]  # kept rows, sorted by group
-    sizes = torch.bincount(group[keep], minlength=num_groups).tolist()
-    pos = 0
-    for site in sites:
-        n_calls = len(capture.inputs[site.name])
-        parts = list(cot[pos : pos + n_calls])
-        pos += n_calls
-        if not site.params or any(p is None for p in parts) or n_calls == 0:
+    start = int((group < 0).sum())
+    sizes = torch.bincount(group[start:], minlength=num_groups).tolist()
+    for site, d in zip(sites, cot, strict=True):
+        if not site.params or d is None:
             continue
-        if site.kind == "norm":  # per-sample sums are small: fold per call, no copy of the maps
-            sums = _norm_sums(site, capture.inputs[site.name], parts, group, num_groups)
+        a, d = capture.inputs[site.name][start:], d[start:]
+        if site.kind == "norm":
+            sums = _norm_sums(site, a, d, group[start:], num_groups)
         else:
-            rows = order.to(parts[0].device)
-            a = torch.cat(capture.inputs[site.name]).index_select(0, rows)
-            sums = _patch_sums(site, a, torch.cat(parts).index_select(0, rows), sizes)
+            sums = _patch_sums(site, a, d, sizes)
         for role, full in site.params.items():
             for g in range(num_groups):
                 out[g][full] = sums[role][g].reshape(named[full].shape)
@@ -280,9 +310,7 @@ def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int]) -> dict[str,
     return result
 
 
-def _norm_sums(
-    site: Site, xhat: list[Tensor], d: list[Tensor], group: Tensor, num_groups: int
-) -> dict[str, Tensor]:
+def _norm_sums(site: Site, xhat: Tensor, d: Tensor, group: Tensor, num_groups: int) -> dict[str, Tensor]:
     """Norm affine: per-sample Σ δ·x̂ (weight) and Σ δ (bias) over positions, summed per group."""
     if isinstance(site.module, nn.LayerNorm):
         width = int(torch.Size(site.module.normalized_shape).numel())
@@ -294,13 +322,11 @@ def _norm_sums(
         def fold(t: Tensor) -> Tensor:
             return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
 
-    keep = torch.nonzero(group >= 0).flatten().to(d[0].device)
     result = {}
     for role in site.params:
-        folded = [fold(di * xi) if role == "weight" else fold(di) for xi, di in zip(xhat, d, strict=True)]
-        per_sample = torch.cat(folded).index_select(0, keep)
+        per_sample = fold(d * xhat) if role == "weight" else fold(d)
         result[role] = per_sample.new_zeros(num_groups, per_sample.shape[1]).index_add_(
-            0, group.to(keep.device).index_select(0, keep), per_sample
+            0, group.to(per_sample.device), per_sample
         )
     return result
 
@@ -308,18 +334,16 @@ def _norm_sums(
 def _generic_group_sums(
     model: nn.Module,
     names: list[str],
-    logits: list[Tensor],
-    seeds: list[Tensor],
-    gid: list[Tensor],
+    logits: Tensor,
+    seed: Tensor,
+    group: Tensor,
     grads: list[dict[str, Tensor | None]],
 ) -> None:
     """Parameters outside the structured sites: one backward per group on the decoupled graph."""
     named = named_trainable(model)
     params = [named[n] for n in names]
     for g in range(len(grads)):
-        loss = sum(
-            (z * s * (i == g).to(s)[:, None]).sum() for z, s, i in zip(logits, seeds, gid, strict=True)
-        )
-        gr = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        mask = (group == g).to(seed)[:, None]
+        gr = torch.autograd.grad((logits * seed * mask).sum(), params, retain_graph=True, allow_unused=True)
         for n, v in zip(names, gr, strict=True):
             grads[g][n] = v

@@ -4,7 +4,7 @@ Before ``optimizer.step()`` (the trainer's ``loss_terms`` event, graph alive) ``
 takes one gradient per group, splits the exact update the optimiser will make into parts
 (``optim_split``: each group's preconditioned share, momentum carry-over, coupled and decoupled
 weight decay), adds an optional post-step decay θ ← (1 − s) θ applied to every float state
-entry (the reference recipe's s = wd·lr), and maps each part Δθ_p to the observations by one JVP:
+entry (the reference recipe's s = wd·lr), and maps every part Δθ_p to the observations with J_o:
     Δ log π_p(x_o) = T(x_o) J_o Δθ_p      (O, C) per part, T = I − 1 πᵀ.
 After the step (``step_end``) ``UpdatePrediction.measure`` forwards the observations again:
     measured = log π(θ1, b1) − log π(θ0, b0),   bn_drift = log π(θ1, b1) − log π(θ1, b0),
@@ -37,7 +37,6 @@ from lddyn.dynamics.functional import (
     clone_state,
     eval_logits,
     frozen_state,
-    jvp_logits,
     sensitivity,
     trainable_params,
 )
@@ -49,6 +48,7 @@ from lddyn.dynamics.groups import (
     group_gradients,
     named_trainable,
 )
+from lddyn.dynamics.obs_jacobian import ObservationJacobian
 from lddyn.dynamics.optim_split import split_update
 from lddyn.losses import LossTerm
 
@@ -145,8 +145,8 @@ def predict_update(
         opt = {n: sum(d[n] for d in delta.values() if n in d) for n in theta0}
         delta[POST_DECAY] = {n: -post_decay * (theta0[n] + opt[n]) for n in theta0}
     parts = list(delta)
-    logits0 = eval_logits(model, x_obs, theta0)
-    dz = jvp_logits(model, x_obs, [delta[p] for p in parts], theta0)
+    jacobian = ObservationJacobian(model, x_obs, theta0)  # J_o once, every part by one product
+    logits0, dz = jacobian.logits, jacobian.apply([delta[p] for p in parts])
     return UpdatePrediction(
         step=step,
         parts=parts,

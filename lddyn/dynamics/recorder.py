@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
@@ -41,6 +42,7 @@ from lddyn.train.forward import baseline_image
 from lddyn.train.optim import current_lr
 
 INT_COLUMNS = ("source_class", "correct", "status", "index")
+CATEGORY_COLUMNS = ("term", "quantity", "part", "grad_mode")
 BYTES_PER_ROW = 8.0  # measured on a digits run: ~7.5 bytes per row of dictionary-encoded parquet
 
 
@@ -244,14 +246,22 @@ class DynamicsRecorder(Callback):
             trainer.sink.add_columns("realised", _typed(measured, phase))
 
 
-def _typed(columns: dict[str, list], phase: str) -> pd.DataFrame:
-    """A frame with compact integer and categorical columns, plus the step's training ``phase``."""
-    frame = pd.DataFrame(columns)
-    frame["phase"] = phase
-    for col in INT_COLUMNS:
-        if col in frame:
-            frame[col] = frame[col].astype("Int64")
-    for col in ("term", "quantity", "part", "phase", "grad_mode"):
-        if col in frame:
-            frame[col] = frame[col].astype("category")
+def _typed(columns: dict[str, Any], phase: str) -> pd.DataFrame:
+    """A frame with compact integer and categorical columns, plus the step's training ``phase``.
+
+    Typed arrays are built directly (nullable Int64 from a mask, categoricals from the values):
+    converting a frame's object columns afterwards cost more than the rest of the recording.
+    """
+    data: dict[str, Any] = {}
+    for name, col in columns.items():
+        if name in INT_COLUMNS:
+            values = np.asarray(col, dtype=object)
+            missing = np.equal(values, None)
+            data[name] = pd.arrays.IntegerArray(np.where(missing, 0, values).astype(np.int64), missing)
+        elif name in CATEGORY_COLUMNS:
+            data[name] = pd.Categorical(col)
+        else:
+            data[name] = col
+    frame = pd.DataFrame(data)
+    frame["phase"] = pd.Categorical.from_codes(np.zeros(len(frame), dtype=np.int8), [phase])
     return frame
