@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lddyn.config import load_config
 from lddyn.data import build_data
@@ -51,7 +52,9 @@ def test_reference_split_on_tiny_cifar(tmp_path: Path) -> None:
     assert data.class_counts("unlabeled").tolist() == [15, 10, 7, 6, 4, 3, 3, 1, 1, 1]
     assert set(data.lb_index.tolist()) <= set(data.ulb_index.tolist())
     assert data.lb_index[:3].tolist() == [0, 10, 20]  # file order: first images of class 0
-    assert float(data.x_lb.max()) <= 1.0 and data.x_test.shape == (20, 3, 32, 32)
+    assert data.x_lb.dtype == data.x_ulb.dtype == torch.uint8  # training images stay bytes
+    assert data.x_test.dtype == torch.float32 and float(data.x_test.max()) <= 1.0
+    assert data.x_test.shape == (20, 3, 32, 32)
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path: Path) -> None:

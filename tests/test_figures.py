@@ -112,6 +112,17 @@ def test_split_of_a_step_sums_to_the_total(runs: dict[str, Path]) -> None:
     assert (split - total).abs().max() <= 1e-5 * max(total.abs().max(), 1e-6)
 
 
+def test_coupling_is_its_own_split_not_an_unknown_pseudo_label(runs: dict[str, Path]) -> None:
+    """Decoupled groups (the default) record a bn_coupling term with no correctness: it is labelled
+    as BatchNorm coupling, and every consistency row of digits has a known correctness."""
+    frame = dynamics.contributions(runs["dytrim"])
+    split = dynamics.step_split(frame, int(frame.step.max()))
+    assert dynamics.COUPLING in split.columns
+    assert "consistency, unknown" not in split.columns
+    coupling = frame[frame.term.astype(str) == "bn_coupling"].value
+    assert float(coupling.abs().sum()) > 0  # the CNN trains with batch statistics
+
+
 def test_results_table_statistics(tmp_path: Path) -> None:
     run = tmp_path / "r"
     run.mkdir()

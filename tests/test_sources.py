@@ -15,6 +15,7 @@ import torch
 from lddyn.config import load_config
 from lddyn.data import DataFileError, build_data, longtail_counts
 from lddyn.data.resize import resize_uint8
+from lddyn.train.device import batch_images
 
 RNG = np.random.default_rng(0)
 
@@ -103,7 +104,9 @@ def test_stl10_column_major_files_read_row_major_in_file_order(tmp_path: Path) -
     assert data.image_shape == (3, 96, 96)
     assert data.class_counts("labeled").tolist() == longtail_counts(4, 10, 10)
     assert data.lb_index[:2].tolist() == [0, 10]  # class 0 is every 10th image: file order
-    assert torch.equal(data.x_lb[1], torch.from_numpy(train[10]).float() / 255)
+    assert data.x_lb.dtype == torch.uint8 and torch.equal(data.x_lb[1], torch.from_numpy(train[10]))
+    drawn = batch_images(data.x_lb, torch.tensor([1]), torch.device("cpu"))  # a batch: ToTensor
+    assert drawn.dtype == torch.float32 and torch.equal(drawn[0], torch.from_numpy(train[10]).float() / 255)
     assert data.y_lb[:2].tolist() == [0, 0]  # stored 1-based
     assert data.x_test.shape == (20, 3, 96, 96) and data.y_test[:3].tolist() == [0, 1, 2]
 

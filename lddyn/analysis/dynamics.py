@@ -16,7 +16,9 @@ from lddyn.sinks.runinfo import read_run_json
 
 # Consistency contributions by pseudo-label correctness (`correct`: 1 right, 0 wrong, -1 unknown).
 CONSISTENCY = {1: "consistency, correct", 0: "consistency, incorrect", -1: "consistency, unknown"}
-SPLIT_ORDER = ["supervised", *CONSISTENCY.values()]
+#: What flows through BatchNorm's batch statistics (``record.groups=decoupled``): no source sample.
+COUPLING = "BatchNorm coupling"
+SPLIT_ORDER = ["supervised", *CONSISTENCY.values(), COUPLING]
 
 
 def parts(run_dir: str | Path, table: str) -> list[str]:
@@ -50,10 +52,14 @@ def contributions(run_dir: str | Path, quantity: str = "pred_logp", table: str =
 
 
 def split_label(frame: pd.DataFrame) -> pd.Series:
-    """supervised / consistency by pseudo-label correctness, per row (needs `term`, `correct`)."""
+    """supervised / consistency by pseudo-label correctness / BatchNorm coupling / any other term
+    by its name (a method's own term), per row (needs `term`, `correct`)."""
+    term = frame["term"].astype(str)
     correct = frame["correct"].astype("Float64").fillna(-1).astype(int)
     labels = correct.map(CONSISTENCY).fillna(CONSISTENCY[-1])
-    return labels.where(frame["term"].astype(str) != "sup", "supervised")
+    labels = labels.where(term.isin(["unsup", "sup"]), term)
+    labels = labels.where(term != "bn_coupling", COUPLING)
+    return labels.where(term != "sup", "supervised")
 
 
 def groups_only(frame: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +75,9 @@ def step_split(frame: pd.DataFrame, step: int) -> pd.DataFrame:
     wide = rows.pivot_table(
         index=["observation", "target_class"], columns="split", values="value", aggfunc="sum", fill_value=0.0
     )
-    return wide.reindex(columns=[s for s in SPLIT_ORDER if s in wide.columns]).reset_index()
+    order = [s for s in SPLIT_ORDER if s in wide.columns]
+    order += sorted(c for c in wide.columns if c not in SPLIT_ORDER)  # methods' own terms
+    return wide.reindex(columns=order).reset_index()
 
 
 def accumulated(

@@ -1,8 +1,9 @@
 """One builder per data.dataset: read the source, select the reference's split, return SSLData.
 
 Selection follows the reference code: per class, labeled = the first N_k images and unlabeled = the
-first N_k + M_k (file order unless data.shuffle_within_class). Images are selected as uint8 and
-converted to [0, 1] floats only afterwards, so a large source is never held as floats in full.
+first N_k + M_k (file order unless data.shuffle_within_class). Training images stay uint8 (each
+batch becomes [0, 1] floats when it is drawn), so a large source is never held as floats; the test
+split is converted once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from lddyn.data import mnist, smallimagenet, stl10
 from lddyn.data.cifar import CIFAR, load_cifar
 from lddyn.data.digits import balanced_holdout, load_digits_arrays
 from lddyn.data.longtail import longtail_counts, split_labeled_unlabeled
-from lddyn.data.resize import resize_uint8, unit_float
+from lddyn.data.resize import resize_uint8, uint8_tensor, unit_float
 from lddyn.data.sets import DATASETS, SSLData, split_counts
 
 
@@ -39,7 +40,7 @@ def longtail_split(
     )
 
     def images(x: np.ndarray) -> torch.Tensor:
-        return unit_float(resize_uint8(x, cfg.image_size))
+        return uint8_tensor(resize_uint8(x, cfg.image_size))
 
     t = torch.from_numpy
     return SSLData(
@@ -48,7 +49,7 @@ def longtail_split(
         y_lb=t(y_train[lb_idx]),
         x_ulb=images(x_train[ulb_idx]),
         y_ulb=t(y_train[ulb_idx]),
-        x_test=images(x_test),
+        x_test=unit_float(resize_uint8(x_test, cfg.image_size)),
         y_test=t(y_test),
         num_classes=num_classes,
         mean=stats[0],
@@ -96,9 +97,9 @@ def build_stl10(cfg: DataConfig) -> SSLData:
     t = torch.from_numpy
     return SSLData(
         name="stl10",
-        x_lb=unit_float(x_lb),
+        x_lb=uint8_tensor(x_lb),
         y_lb=t(y_train[lb_idx]),
-        x_ulb=unit_float(x_ulb),
+        x_ulb=uint8_tensor(x_ulb),
         y_ulb=t(y_ulb),
         x_test=unit_float(resize_uint8(x_test, size)),
         y_test=t(y_test),
@@ -124,9 +125,9 @@ def build_small_imagenet(cfg: DataConfig) -> SSLData:
     t = torch.from_numpy
     return SSLData(
         name="smallimagenet127",
-        x_lb=unit_float(src.x_train[lb_idx]),
+        x_lb=uint8_tensor(src.x_train[lb_idx]),
         y_lb=t(new_label[src.y_train[lb_idx]]),
-        x_ulb=unit_float(src.x_train),
+        x_ulb=uint8_tensor(src.x_train),
         y_ulb=t(new_label[src.y_train]),
         x_test=unit_float(src.x_test),
         y_test=t(new_label[src.y_test]),

@@ -32,6 +32,11 @@ def resize_uint8(images: np.ndarray, size: int | None) -> np.ndarray:
     return out
 
 
+def uint8_tensor(images: np.ndarray) -> Tensor:
+    """uint8 images as a tensor of the same bytes, copied only when not contiguous or read-only."""
+    return torch.from_numpy(np.require(images, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]))
+
+
 def unit_float(images: np.ndarray) -> Tensor:
     """uint8 images as float32 in [0, 1] (ToTensor); always a copy, since sources may be read-only."""
     return torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)

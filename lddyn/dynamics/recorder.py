@@ -25,6 +25,7 @@ from rich.console import Console
 from torch import Tensor
 
 from lddyn.config import RecordConfig
+from lddyn.data.sets import unit_images
 from lddyn.dynamics.decompose import (
     TrackedSamples,
     decompose_grads,
@@ -109,7 +110,7 @@ def build_observations(trainer, cfg: RecordConfig) -> ObservationSet:  # noqa: A
             spread_over_classes(y.cpu(), cfg.tracked) if cfg.tracked else torch.zeros(0, dtype=torch.long)
         )
         for pos in tracked[which].tolist():
-            add(norm(x[pos : pos + 1])[0], which, int(y[pos]), pos)
+            add(norm(unit_images(x[pos : pos + 1]))[0], which, int(y[pos]), pos)
     return ObservationSet(torch.stack(xs), rows, tracked)
 
 

@@ -34,6 +34,7 @@ from lddyn.losses import LossTerm
 from lddyn.methods.base import Method, RunInfo, StepContext
 from lddyn.methods.heads import add_head, head_logits
 from lddyn.methods.registry import METHODS
+from lddyn.train.device import batch_images
 from lddyn.train.forward import model_mode
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ class AlternateSampling(Method):
         lb = self.labeled_stream.next_batch(trainer.cfg.ssl.batch_size, trainer.gen_data)
         ctx.lb = lb
         data = trainer.data
-        x = trainer.aug.weak(data.x_lb[lb.index.to(trainer.device)], trainer.gen_aug)
+        x = trainer.aug.weak(batch_images(data.x_lb, lb.index, trainer.device), trainer.gen_aug)
         from lddyn.train.step import supervised_term  # the step module imports the method contract
 
         if phase.kind == INIT:
@@ -186,10 +187,10 @@ class AlternateSampling(Method):
     @torch.no_grad()
     def _predict(self, trainer: Trainer, x: Tensor, head: str) -> Tensor:
         """Probabilities of ``head`` on un-augmented images, eval mode, in batches."""
-        outs = []
+        outs, dev, idx = [], trainer.device, torch.arange(len(x))
         with model_mode(trainer.model, False):
             for i in range(0, len(x), 512):
-                out = trainer.model(trainer.aug.normalize(x[i : i + 512]))
+                out = trainer.model(trainer.aug.normalize(batch_images(x, idx[i : i + 512], dev)))
                 outs.append(torch.softmax(head_logits(out, head).float(), dim=-1).cpu())
         return torch.cat(outs)
 
@@ -210,8 +211,8 @@ class AlternateSampling(Method):
         lb = self.labeled_stream.next_batch(cfg.batch_size, trainer.gen_data)
         ulb = trainer.streams["unlabeled"].next_batch(cfg.batch_size * cfg.uratio, trainer.gen_data)
         ctx.lb, ctx.ulb = lb, ulb
-        x_lb = trainer.aug.weak(data.x_lb[lb.index.to(dev)], trainer.gen_aug)
-        x_u = trainer.aug.weak(data.x_ulb[ulb.index.to(dev)], trainer.gen_aug)
+        x_lb = trainer.aug.weak(batch_images(data.x_lb, lb.index, dev), trainer.gen_aug)
+        x_u = trainer.aug.weak(batch_images(data.x_ulb, ulb.index, dev), trainer.gen_aug)
         out_x, out_u = forward_groups(trainer, [x_lb, x_u])
         ctx.outputs["labeled"], ctx.outputs["unlabeled"] = out_x, out_u
         logits_x, logits_u = head_logits(out_x), head_logits(out_u)

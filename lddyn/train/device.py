@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lddyn.config import ConfigError, TrainConfig
-from lddyn.data.sets import SSLData
+from lddyn.data.sets import SSLData, unit_images
 
 DEVICE_SHARE = 0.5  # training images may take at most this share of the device's free memory
 
@@ -53,9 +53,10 @@ def place_data(data: SSLData, device: torch.device, placement: str) -> SSLData:
 
 
 def batch_images(images: Tensor, index: Tensor, device: torch.device) -> Tensor:
-    """``images[index]`` on ``device``, wherever ``images`` live (index on their device first)."""
+    """``images[index]`` on ``device`` as [0, 1] floats, wherever ``images`` live (index on their
+    device first; uint8 storage crosses to the device before it is widened)."""
     picked = images[index.to(images.device)]
-    return picked.to(device, non_blocking=True)
+    return unit_images(picked.to(device, non_blocking=True))
 
 
 def set_deterministic(on: bool) -> None:

@@ -1,7 +1,9 @@
 """The dynamics of one step (the paper's MNIST figure).
 
 For a few observation points, the first-order change of log π for every target class, split into
-the supervised term and the consistency term, the latter by whether the pseudo-label was correct.
+the supervised term and the consistency term, the latter by whether the pseudo-label was correct,
+plus any method-specific term and, with decoupled group gradients, the BatchNorm coupling (the
+part of the step that flows through the batch statistics, attributable to no single sample).
 Reading it: the bars of the observation's own class (shaded) say which part of the loss pulled its
 prediction up or down at that step; wrong pseudo-labels push mass toward the classes they name.
 """
