@@ -70,9 +70,8 @@ def run(
             from lddyn.analysis.figures import plot_all
 
             written = plot_all(run_dir, run_dir / "figures")
-            console.print(
-                f"figures: {', '.join(str(p) for p in written if p.suffix == '.png')}", highlight=False
-            )
+            names = ", ".join(p.name for p in written if p.suffix == ".png")
+            console.print(f"figures in {run_dir / 'figures'}: {names}", highlight=False, soft_wrap=True)
     except EXPECTED as exc:
         fail(exc)
 
@@ -182,14 +181,14 @@ def print_summary(run_dir: Path) -> None:
     from lddyn.analysis.summary import final_summary
 
     frame = final_summary(run_dir)
-    table = Table(title=f"final evaluation: {run_dir}")
+    table = Table(title="final evaluation (%)")  # the run's path follows on its own line: never wrapped
     table.add_column("metric")
     for col in frame.columns:
         table.add_column(col, justify="right")
     for metric, row in frame.iterrows():
         table.add_row(str(metric), *[f"{100 * v:.1f}" for v in row])
     console.print(table)
-    console.print(f"tables written under {run_dir}", highlight=False)
+    console.print(f"tables written under {run_dir}", highlight=False, soft_wrap=True)
 
 
 @app.command("ls")
