@@ -23,9 +23,10 @@ methods alike; time = the fastest round. Memory: one fresh subprocess per method
 it once; peak RSS (``ru_maxrss``) minus the RSS after model and inputs were built, i.e. the whole
 process including every torch allocation. GFLOP/s
 counts the useful work of a dense Jacobian contraction, 2·N1·C·N2·C·P, for every method, against
-the float32 matmul peak (2048^3 GEMM) measured at the start of the same run. Children run with
-``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared 2-core machine, spinning OpenMP workers
-of a busy neighbour otherwise slow small-op code by up to 10x, peers and lddyn alike. Cases whose peer
+the float32 matmul peak (2048^3 GEMM) measured at the start of the same run. Children inherit
+the environment: torch's OpenMP defaults unless you set ``OMP_WAIT_POLICY`` (on a machine shared
+with busy neighbours, ``OMP_WAIT_POLICY=PASSIVE`` keeps their spinning workers from slowing
+small-op code by up to 10x; on an idle machine it slows small-op code instead). Cases whose peer
 would need more than 60% of available RAM (Jacobians of (N1+N2)·C·P floats) are skipped.
 
     python bench/bench_entk.py            # full
@@ -284,9 +285,8 @@ def skip_reason(group: dict, method: str) -> str | None:
 
 def spawn(case: dict, mode: str, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--case", json.dumps({**case, "mode": mode})]
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout > {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -363,7 +363,8 @@ def main() -> None:
         runner = {"memory": run_memory, "timing": run_timing, "peak": run_peak}[case["mode"]]
         print(json.dumps(runner(case)))
         return
-    print(f"load average before: {os.getloadavg()}")
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"load average before: {os.getloadavg()}, OMP_WAIT_POLICY={policy}")
     peak = spawn({"threads": args.threads}, "peak", args.timeout)["gflops"]
     results = [r for g in groups(args) for r in run_group(g, args)]
     report(results, peak)

@@ -17,9 +17,11 @@ Cases, all on the digits-dytrim preset with every callback but the progress disp
   the grouped case.
 
 The cases alternate over the repeats so machine load hits them alike; each keeps its fastest
-repeat. Ratios are against the unrecorded (or grouped) case of this same run. Like
-bench_entk.py, the script sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before torch starts: on a
-shared 2-core machine spinning OpenMP workers otherwise slow every case by up to tens of times.
+repeat. Ratios are against the unrecorded (or grouped) case of this same run. torch's OpenMP
+defaults apply unless ``OMP_WAIT_POLICY`` is set: on a machine shared with busy neighbours,
+``OMP_WAIT_POLICY=PASSIVE`` avoids slow-downs of up to tens of times; on an idle machine it makes
+the recorder's many small operations about 2x slower (each waits for sleeping workers), so the
+recorded numbers use the defaults and print the policy.
 
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
 """
@@ -31,16 +33,14 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from lddyn.config import load_config  # noqa: E402
-from lddyn.dynamics.recorder import DynamicsRecorder  # noqa: E402
-from lddyn.losses import LossTerm  # noqa: E402
-from lddyn.train.run import build_callbacks  # noqa: E402
-from lddyn.train.trainer import Trainer  # noqa: E402
+from lddyn.config import load_config
+from lddyn.dynamics.recorder import DynamicsRecorder
+from lddyn.losses import LossTerm
+from lddyn.train.run import build_callbacks
+from lddyn.train.trainer import Trainer
 
 PER_SAMPLE_EVERY = 50
 
@@ -107,7 +107,8 @@ def main() -> None:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
         f"digits-dytrim, {args.steps} timed steps, best of {args.repeats}, torch threads "
-        f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average at the end {load}\n"
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average at the end {load}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n"
     )
     print("| case | steps/s | ms/step | recorder cost / unrecorded step | over grouped |")
     print("|---|---|---|---|---|")

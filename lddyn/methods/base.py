@@ -83,6 +83,8 @@ class Method:
 
     name: ClassVar[str]
     uses_baseline: ClassVar[bool] = False  # the step then forwards the baseline image first
+    #: loss terms a step may carry beyond FixMatch's two (the recorder's row estimate counts them)
+    extra_terms: ClassVar[int] = 0
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, cfg: MethodConfig, info: RunInfo) -> None:

@@ -52,6 +52,7 @@ class BMBConfig(MethodConfig):
 @METHODS.register("bmb")
 class BMB(Method):
     name = "bmb"
+    extra_terms = 3  # sup_aux, unsup_aux, mem
     Config = BMBConfig
     cfg: BMBConfig
 

@@ -51,6 +51,7 @@ def fairness(p_bar: Tensor, h_bar: Tensor, p_model: Tensor, h_model: Tensor) -> 
 @METHODS.register("freematch")
 class FreeMatch(Method):
     name = "freematch"
+    extra_terms = 1  # fair
     Config = FreeMatchConfig
     cfg: FreeMatchConfig
 
