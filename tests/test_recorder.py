@@ -89,6 +89,9 @@ def test_row_estimate_bounds_the_rows_written(run: Path) -> None:
     dyn = read_table(run, "dynamics")
     per_step = dyn.groupby("step").size()
     assert (per_step <= bound).all() and per_step.max() >= bound / 4
+    with_realised = estimate_rows(load_config("digits-dytrim").record, 28, 10, terms=2)
+    both = per_step + read_table(run, "realised").groupby("step").size()
+    assert (both <= with_realised).all()
     exact = load_config("digits-dytrim", ["record.realised=false", "record.groups=exact"]).record
     assert bound - estimate_rows(exact, 28, 10, terms=2) == 2 * 28 * 10  # the coupling's kg and logp
 

@@ -123,16 +123,16 @@ def is_recorded(cfg: RecordConfig, step: int) -> bool:
 
 
 def estimate_rows(cfg: RecordConfig, num_obs: int, num_classes: int, terms: int = 2) -> int:
-    """An upper bound on rows per recorded step: every grouping value present in every term, plus
-    the BatchNorm coupling of decoupled groups."""
-    groups = 1
-    if "source_class" in cfg.by:
-        groups *= num_classes
-    if "correct" in cfg.by:
-        groups *= 2
-    if "status" in cfg.by:
-        groups *= 2
-    groups = groups * (terms if "term" in cfg.by else 1) + (1 if cfg.groups == DECOUPLED else 0)
+    """An upper bound on rows per recorded step: every grouping value present in every term (one
+    labeled term, whose correctness is always "not applicable", the others counted as unlabeled),
+    plus the BatchNorm coupling of decoupled groups."""
+    per_term = (num_classes if "source_class" in cfg.by else 1) * (2 if "status" in cfg.by else 1)
+    correct = "correct" in cfg.by
+    if "term" in cfg.by:
+        groups = per_term + per_term * (2 if correct else 1) * max(terms - 1, 0)
+    else:
+        groups = per_term * (3 if correct else 1)  # right, wrong and not applicable in one term
+    groups += 1 if cfg.groups == DECOUPLED else 0
     per_obs = num_obs * num_classes
     rows = (2 * groups + 2) * per_obs
     if cfg.realised:
