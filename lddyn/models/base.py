@@ -33,3 +33,17 @@ def batch_norm(kind: str, channels: int, *, momentum: float, eps: float, dims: i
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"model.norm={kind!r} is not one of 'batch', 'layer', 'none'")
+
+
+def reference_init(model: nn.Module) -> None:
+    """The reference code's initialisation of its CIFAR networks (WRN-28-2, ResNet-50): Kaiming
+    normal (fan-out) convolutions, unit/zero BatchNorm affine, Xavier-normal linear, zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lddyn.models.base import Classifier
+from lddyn.models.base import Classifier, reference_init
 
 
 class _Block(nn.Module):
@@ -58,18 +58,7 @@ class WideResNet(Classifier):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_classes, self.feat_dim = num_classes, widths[3]
         self.head = nn.Linear(widths[3], num_classes)
-        self._init()
-
-    def _init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+        reference_init(self)
 
     def features(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.bn(self.blocks(self.stem(x)))))
