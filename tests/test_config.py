@@ -68,7 +68,7 @@ def test_round_trip_through_dict() -> None:
 
 
 def test_config_doc_is_in_sync() -> None:
-    from lddyn.config import config_markdown
+    from lddyn.config_docs import config_markdown
     from tests.conftest import ROOT
 
     assert (ROOT / "docs" / "config.md").read_text() == config_markdown()

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lddyn.dynamics import decompose_step, group_gradients, predict_update
-from lddyn.dynamics.decompose import live_total, take_group_gradients
+from lddyn.dynamics.decompose import take_group_gradients
 from lddyn.dynamics.decoupled import ForwardCapture, decoupled_group_gradients
 from lddyn.dynamics.functional import jvp_logits, trainable_params
-from lddyn.dynamics.groups import COUPLING_TERM, GROUP_KEYS, GroupGradients
+from lddyn.dynamics.groups import COUPLING_TERM, GROUP_KEYS, GroupGradients, live_total
 from lddyn.dynamics.obs_jacobian import ObservationJacobian
 from lddyn.losses import LossTerm
 from lddyn.models import build_model

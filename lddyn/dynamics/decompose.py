@@ -45,6 +45,7 @@ from lddyn.dynamics.groups import (
     GroupGradients,
     as_tangent,
     group_gradients,
+    live_total,
     named_trainable,
 )
 from lddyn.dynamics.obs_jacobian import ObservationJacobian
@@ -171,14 +172,6 @@ def take_group_gradients(
         if grads is not None:
             return grads
     return group_gradients(model, terms, by, with_total=False)
-
-
-def live_total(model: nn.Module, terms: Sequence[LossTerm]) -> dict[str, Tensor | None]:
-    """∇θ L through the live training graph (retained), ``.grad`` untouched."""
-    named = named_trainable(model)
-    loss = sum(t.per_sample().sum() for t in terms)
-    grads = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
-    return dict(zip(named, grads, strict=True))
 
 
 def decompose_step(

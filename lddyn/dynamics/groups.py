@@ -174,6 +174,14 @@ def _batched_group_grads(
     ]
 
 
+def live_total(model: nn.Module, terms: Sequence[LossTerm]) -> dict[str, Tensor | None]:
+    """∇θ L through the live training graph (retained), ``.grad`` untouched."""
+    named = named_trainable(model)
+    loss = sum(t.per_sample().sum() for t in terms)
+    grads = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+    return dict(zip(named, grads, strict=True))
+
+
 def as_tangent(grad: dict[str, Tensor | None], params: Params, scale: float = 1.0) -> Params:
     """A full parameter-space tangent from a gradient dict (None -> zeros), times ``scale``."""
     return {n: (torch.zeros_like(p) if grad.get(n) is None else scale * grad[n]) for n, p in params.items()}

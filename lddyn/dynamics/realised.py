@@ -46,6 +46,7 @@ from lddyn.dynamics.groups import (
     GROUP_KEYS,
     GroupGradients,
     group_gradients,
+    live_total,
     named_trainable,
 )
 from lddyn.dynamics.obs_jacobian import ObservationJacobian
@@ -135,9 +136,7 @@ def predict_update(
     grads = group_gradients(model, terms, by, with_total=False) if grads is None else grads
     named = named_trainable(model)
     if grads.mode == DECOUPLED and grads.coupling is None:  # Adam's preconditioner needs the total
-        loss = sum(t.per_sample().sum() for t in terms)
-        total = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
-        grads.set_total(dict(zip(named, total, strict=True)))
+        grads.set_total(live_total(model, terms))
     meta, group_grads = grads.parts()
     delta = split_update(optimizer, {id(p): n for n, p in named.items()}, group_grads)
     theta0 = clone_state(trainable_params(model))

@@ -29,13 +29,12 @@ from lddyn.data.sets import unit_images
 from lddyn.dynamics.decompose import (
     TrackedSamples,
     decompose_grads,
-    live_total,
     take_group_gradients,
     track_samples,
 )
 from lddyn.dynamics.decoupled import ForwardCapture
 from lddyn.dynamics.functional import Params, clone_state, frozen_state, trainable_params
-from lddyn.dynamics.groups import DECOUPLED, GroupGradients, named_trainable
+from lddyn.dynamics.groups import DECOUPLED, GroupGradients, live_total, named_trainable
 from lddyn.dynamics.realised import UpdatePrediction, predict_update
 from lddyn.losses import LossTerm
 from lddyn.train.events import Callback

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lddyn.config import MethodConfig, at_least, non_negative, positive
 from lddyn.data.samplers import Batch, ClassBalanced, IndexStream, RandomPasses
+from lddyn.data.sets import unit_images
 from lddyn.losses import LossTerm
 from lddyn.methods.base import Method, RunInfo, StepContext
 from lddyn.methods.heads import add_head, head_logits
@@ -188,10 +189,11 @@ class AlternateSampling(Method):
     @torch.no_grad()
     def _predict(self, trainer: Trainer, x: Tensor, head: str) -> Tensor:
         """Probabilities of ``head`` on un-augmented images, eval mode, in batches."""
-        outs, dev, idx = [], trainer.device, torch.arange(len(x))
+        outs = []
         with model_mode(trainer.model, False):
             for i in range(0, len(x), 512):
-                out = trainer.model(trainer.aug.normalize(batch_images(x, idx[i : i + 512], dev)))
+                batch = unit_images(x[i : i + 512].to(trainer.device))
+                out = trainer.model(trainer.aug.normalize(batch))
                 outs.append(torch.softmax(head_logits(out, head).float(), dim=-1).cpu())
         return torch.cat(outs)
 
