@@ -136,6 +136,7 @@ def test_bmb_terms_and_weights_through_the_recorder(bmb_step) -> None:  # noqa: 
     assert ctx.phase == "main" and tr.context(5).phase == "warmup"
     names = [t.name for t in terms]
     assert names == ["sup", "unsup", "sup_aux", "unsup_aux", "mem"]
+    assert len(names) == 2 + bmb.extra_terms  # what the recorder's row estimate counts
     dec, _ = observation_split(tr, terms)
     assert [g[0] for g in dec.groups] == sorted(names)
     torch.testing.assert_close(dec.kg.sum(0), dec.kg_total, atol=1e-6, rtol=1e-4)
@@ -290,6 +291,7 @@ def test_freematch_fairness_term_has_the_batch_value_and_gradient(tmp_path: Path
     ctx = tr.context(1)
     terms = tr.step_terms(ctx)
     assert [t.name for t in terms] == ["sup", "unsup", "fair"]
+    assert len(terms) == 2 + free.extra_terms  # what the recorder's row estimate counts
     unsup, fair = terms[1], terms[2]
     # the batch form, straight from the definition
     z = unsup.logits
@@ -356,6 +358,7 @@ def test_alternate_semi_phase_labels_and_temporal_targets(tmp_path: Path) -> Non
     torch.testing.assert_close(alt.previous[: len(tr.data.y_lb)], torch.softmax(out_lb["base_logits"], -1))
     t = {term.name: term for term in terms}
     assert list(t) == ["sup", "pseudo", "temporal_lb", "temporal_ulb"]
+    assert len(terms) == 2 + alt.extra_terms  # the most terms of any phase: the row estimate's count
     n = 16 + 32
     assert all(term.norm == n for term in terms)
     ulb = ctx.ulb.index
