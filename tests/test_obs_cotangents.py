@@ -49,3 +49,24 @@ def test_class_cotangents_match_per_entry_gradients(batched: bool, monkeypatch: 
     got = class_cotangents(z, outs)
     assert got[0].shape == (5, 4, 6)  # (O, C, *output shape without the batch)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+
+
+def test_only_the_convolution_before_global_pooling_has_rank_one_cotangents() -> None:
+    """The digits CNN: conv -> conv -> pool -> conv -> BN -> ReLU -> global pool -> linear. Only the
+    last convolution's class cotangents factor per channel; the factored push equals the JVP."""
+    from lddyn.dynamics.functional import jvp_logits, trainable_params
+    from lddyn.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("cnn", num_classes=4, image_shape=(1, 8, 8), width=3).double().train()
+    with torch.no_grad():  # non-trivial running statistics for the eval-mode observations
+        model(torch.randn(16, 1, 8, 8, dtype=torch.float64))
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    jac = obs_jacobian.ObservationJacobian(model, x)
+    convs = [s.name for s in jac.sites if isinstance(s.module, torch.nn.Conv2d)]
+    factored = [s.name for s, f in zip(jac.sites, jac.factors, strict=True) if f is not None]
+    assert factored == convs[-1:] and len(convs) == 3
+    params = trainable_params(model)
+    directions = [{n: torch.randn_like(p) for n, p in params.items()} for _ in range(5)]
+    want = jvp_logits(model, x, directions, params)
+    assert (jac.apply(directions) - want).abs().max() <= 1e-10 and want.abs().max() > 1e-2

@@ -1,18 +1,21 @@
 """Group gradients of one step at the cost of about one backward, with BatchNorm coupling split off.
 
 The exact group gradient ∇θ L_g goes through the training forward, where BatchNorm's batch
-statistics couple the samples, so it costs one backward per group. The *decoupled* route
-re-forwards the step's training batches (captured as the trainer forwarded them, so every
-BatchNorm batch is reproduced) with each BatchNorm's batch mean and variance computed from the
-same batch but held constant: the forward values equal the training forward's, while each sample's
-gradient now depends on that sample alone. One backward seeded with the per-sample logit
-gradients G then gives every sample's output cotangent at every layer, and each group's gradient
-is a per-layer product restricted to the group's samples (Linear: δ_gᵀ a_g; Conv2d: the weight
-gradient of the group's slice; norm affine: Σ δ·x̂ and Σ δ), about one weight-gradient pass for all
-groups together. All batches go through one forward with their rows sorted by group (each row
-normalised by its own batch's statistics), so every group is a contiguous slice of every layer's
-input and cotangent. Parameters of layers this module does not know take a per-group backward on
-the decoupled graph (exact, slower).
+statistics couple the samples, so it costs one backward per group. The *decoupled* route holds
+each BatchNorm's batch mean and variance constant: the forward values are the training forward's,
+while each sample's gradient now depends on that sample alone. One backward seeded with the
+per-sample logit gradients G then gives every sample's output cotangent at every layer, and each
+group's gradient is a per-layer product restricted to the group's samples (Linear: δ_gᵀ a_g;
+Conv2d: the weight gradient of the group's rows; norm affine: Σ δ·x̂ and Σ δ), about one
+weight-gradient pass for all groups together. Rows are sorted by group, so every group is a
+contiguous slice of every layer's input and cotangent.
+
+That backward is replayed on the training graph itself (``replay``), from the layer calls the
+capture hooked during the training forward: no second forward. When the graph holds something
+the replay does not reproduce exactly (layers this module does not know, autocast, a layer called
+twice), the step's batches are re-forwarded instead, all in one forward with each row normalised
+by its own batch's statistics, and unknown layers' parameters take a per-group backward on that
+decoupled graph (exact, slower).
 
 What remains, ∇θ L − Σ_g ∇θ L_g^dec, is the part of the step that flows through the batch
 statistics: the *coupling*, reported as its own group (term ``bn_coupling``). It is zero without
@@ -24,29 +27,39 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lddyn.dynamics.functional import frozen_state, trainable_params
 from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, check_keys, group_ids, named_trainable
 from lddyn.dynamics.layerwise import _xhat
-from lddyn.dynamics.structured import Site, build_plan
+from lddyn.dynamics.replay import LayerCall, replay_cotangents
+from lddyn.dynamics.structured import NORM_AFFINE, Site, cached_plan
 from lddyn.losses import LossTerm
 
+#: Layers whose calls the capture records for the replay.
+STRUCTURED_KINDS = (nn.Linear, nn.Conv2d, *NORM_AFFINE)
+#: Per-sample weight gradients of a layer are formed and summed by group up to this many elements
+#: (batch x weight size); larger layers take one weight-gradient call per group.
+PER_SAMPLE_ELEMENTS = 1 << 20
 #: Relative tolerance for the re-forward reproducing the training logits (else: exact route).
 REPRODUCE_RTOL = 1e-4
 
 
 @dataclass
 class ForwardCall:
-    """One grad-enabled training forward of the model: its input batch and detached 2-D outputs."""
+    """One grad-enabled training forward of the model: its input batch, detached 2-D outputs, the
+    same outputs still in the graph, and the structured layers' calls inside it."""
 
     x: Tensor
     outputs: dict[str, Tensor]
+    live: dict[str, Tensor] = field(default_factory=dict)
+    layers: list[LayerCall] = field(default_factory=list)
 
 
 class ForwardCapture:
@@ -54,21 +67,36 @@ class ForwardCapture:
 
     Install at ``step_start`` and remove at ``loss_terms``: the calls are then the BatchNorm
     batches the loss terms' logits came from. No-grad forwards (pseudo-labels, probes) are skipped.
+    Layers of the structured kinds are hooked too, so the decoupled backward can be replayed on
+    the training graph (``replay``) instead of re-forwarding the batches.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.calls: list[ForwardCall] = []
-        self.handle = model.register_forward_hook(self._hook)
+        self.layers: list[LayerCall] = []
+        self.handles = [model.register_forward_pre_hook(self._start), model.register_forward_hook(self._end)]
+        self.handles += [
+            m.register_forward_hook(self._layer) for m in model.modules() if isinstance(m, STRUCTURED_KINDS)
+        ]
 
-    def _hook(self, module: nn.Module, args: tuple, out: object) -> None:
+    def _start(self, module: nn.Module, args: tuple) -> None:
+        self.layers = []
+
+    def _layer(self, module: nn.Module, args: tuple, out: object) -> None:
+        if torch.is_grad_enabled() and args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+            self.layers.append(LayerCall(module, args[0], out.grad_fn, out.output_nr))
+
+    def _end(self, module: nn.Module, args: tuple, out: object) -> None:
+        layers, self.layers = self.layers, []
         if not torch.is_grad_enabled() or not args or not isinstance(args[0], Tensor):
             return
         items = out.items() if isinstance(out, dict) else [("logits", out)]
-        two_d = {k: v.detach() for k, v in items if isinstance(v, Tensor) and v.dim() == 2}
-        self.calls.append(ForwardCall(args[0], two_d))
+        live = {k: v for k, v in items if isinstance(v, Tensor) and v.dim() == 2}
+        self.calls.append(ForwardCall(args[0], {k: v.detach() for k, v in live.items()}, live, layers))
 
     def remove(self) -> list[ForwardCall]:
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
         return self.calls
 
 
@@ -192,7 +220,7 @@ def decoupled_group_gradients(
         )
     )
     params, state = trainable_params(model), frozen_state(model)
-    plan = build_plan(model, params, state, calls[0].x[:1])
+    plan = cached_plan(model, params, state, calls[0].x[:1])
     gid = [torch.full((len(c.x),), -1, dtype=torch.long) for c in calls]
     seeds = [c.outputs[key].new_zeros(c.outputs[key].shape) for c in calls]
     for w, i, g in zip(where, ids, logit_grads, strict=True):
@@ -210,23 +238,59 @@ def decoupled_group_gradients(
     segment = torch.cat([torch.full((len(calls[k].x),), j, dtype=torch.long) for j, k in enumerate(active)])
     seed = torch.cat([seeds[k] for k in active]).index_select(0, dev_order)
     want = torch.cat([calls[k].outputs[key] for k in active]).index_select(0, dev_order)
-    capture = _Capture(plan.sites)
-    try:  # batches of different input shapes, or a model that regroups its rows: exact route
-        x = torch.cat([calls[k].x for k in active]).index_select(0, dev_order)
-        z = _reforward(model, x, segment[order].to(x.device), len(active), capture, key)
-    except RuntimeError:
-        return None
-    used = (group >= 0).to(z.device)
-    tol = REPRODUCE_RTOL * (1.0 + float(want.abs().max()))
-    if float((z.detach()[used] - want[used]).abs().max()) > tol:
-        return None
-    deltas = [capture.deltas[s.name] for s in plan.sites]
-    cot = torch.autograd.grad((z * seed).sum(), deltas, retain_graph=bool(plan.generic), allow_unused=True)
-    grads = _site_group_sums(plan.sites, capture, cot, group, len(keys), named_trainable(model))
+    named = named_trainable(model)
+    replayed = (
+        None
+        if plan.generic
+        else _replay(plan.sites, [calls[k] for k in active], key, [seeds[k] for k in active])
+    )
+    if replayed is not None:  # the training graph itself, rows then sorted by group
+        inputs, cot = ([t.index_select(0, dev_order) for t in ts] for ts in replayed)
+        grads = _site_group_sums(plan.sites, inputs, cot, group, len(keys), named)
+    else:
+        capture = _Capture(plan.sites)
+        try:  # batches of different input shapes, or a model that regroups its rows: exact route
+            x = torch.cat([calls[k].x for k in active]).index_select(0, dev_order)
+            z = _reforward(model, x, segment[order].to(x.device), len(active), capture, key)
+        except RuntimeError:
+            return None
+        used = (group >= 0).to(z.device)
+        tol = REPRODUCE_RTOL * (1.0 + float(want.abs().max()))
+        if float((z.detach()[used] - want[used]).abs().max()) > tol:
+            return None
+        deltas = [capture.deltas[s.name] for s in plan.sites]
+        cot = torch.autograd.grad(
+            (z * seed).sum(), deltas, retain_graph=bool(plan.generic), allow_unused=True
+        )
+        inputs = [capture.inputs[s.name] for s in plan.sites]
+        grads = _site_group_sums(plan.sites, inputs, cot, group, len(keys), named)
     if plan.generic:
         _generic_group_sums(model, plan.generic, z, seed, group, grads)
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
     return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, mode="decoupled")
+
+
+def _replay(
+    sites: list[Site], calls: Sequence[ForwardCall], key: str, seeds: Sequence[Tensor]
+) -> tuple[list[Tensor], list[Tensor]] | None:
+    """Per site, its inputs (x̂ for norms) and output cotangents over the calls' rows in order, by the
+    decoupled backward replayed on the training graph; None when the graph does not allow it."""
+    layers = []
+    for call in calls:
+        if key not in call.live:
+            return None
+        for site in sites:
+            found = [lc for lc in call.layers if lc.module is site.module]
+            if len(found) != 1 or len(found[0].input) != len(call.x):
+                return None
+            layers.append(found[0])
+    got = replay_cotangents([(c.live[key], s) for c, s in zip(calls, seeds, strict=True)], layers)
+    if got is None:
+        return None
+    n = len(sites)
+    inputs = [torch.cat([got[j * n + i][0] for j in range(len(calls))]) for i in range(n)]
+    cot = [torch.cat([got[j * n + i][1] for j in range(len(calls))]) for i in range(n)]
+    return inputs, cot
 
 
 def _reforward(
@@ -250,7 +314,7 @@ def _reforward(
 
 def _site_group_sums(
     sites: list[Site],
-    capture: _Capture,
+    inputs: Sequence[Tensor],
     cot: Sequence[Tensor | None],
     group: Tensor,
     num_groups: int,
@@ -263,26 +327,32 @@ def _site_group_sums(
     out: list[dict[str, Tensor | None]] = [dict.fromkeys(named) for _ in range(num_groups)]
     start = int((group < 0).sum())
     sizes = torch.bincount(group[start:], minlength=num_groups).tolist()
-    for site, d in zip(sites, cot, strict=True):
+    for site, a, d in zip(sites, inputs, cot, strict=True):
         if not site.params or d is None:
             continue
-        a, d = capture.inputs[site.name][start:], d[start:]
+        a, d = a[start:], d[start:]
         if site.kind == "norm":
             sums = _norm_sums(site, a, d, group[start:], num_groups)
         else:
-            sums = _patch_sums(site, a, d, sizes)
+            sums = _patch_sums(site, a, d, sizes, group[start:])
         for role, full in site.params.items():
             for g in range(num_groups):
                 out[g][full] = sums[role][g].reshape(named[full].shape)
     return out
 
 
-def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int]) -> dict[str, Tensor]:
+def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int], group: Tensor) -> dict[str, Tensor]:
+    """Linear / Conv2d weight and bias gradients per group: per-sample gradients summed by group when
+    they are small (a head, a first convolution), else one weight-gradient call per group."""
     m = site.module
     result: dict[str, Tensor] = {}
+    if "weight" in site.params and len(a) * m.weight.numel() <= PER_SAMPLE_ELEMENTS:
+        result["weight"] = _per_sample_weight_sums(m, a, d, group, len(sizes))
+        if "bias" not in site.params:
+            return result
     if isinstance(m, nn.Conv2d):
         a_parts, d_parts = a.split(sizes), d.split(sizes)
-        if "weight" in site.params:
+        if "weight" in site.params and "weight" not in result:
             result["weight"] = torch.stack(
                 [
                     torch.nn.grad.conv2d_weight(
@@ -298,7 +368,7 @@ def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int]) -> dict[str,
         return result
     a2, d2 = a.reshape(len(a), -1, a.shape[-1]), d.reshape(len(d), -1, d.shape[-1])
     a_parts, d_parts = a2.split(sizes), d2.split(sizes)
-    if "weight" in site.params:
+    if "weight" in site.params and "weight" not in result:
         result["weight"] = torch.stack(
             [
                 di.reshape(-1, di.shape[-1]).T @ ai.reshape(-1, ai.shape[-1])
@@ -308,6 +378,18 @@ def _patch_sums(site: Site, a: Tensor, d: Tensor, sizes: list[int]) -> dict[str,
     if "bias" in site.params:
         result["bias"] = torch.stack([di.sum((0, 1)) for di in d_parts])
     return result
+
+
+def _per_sample_weight_sums(m: nn.Module, a: Tensor, d: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """Σ_{b∈g} δ_b ⊗ a_b for every group g from per-sample weight gradients: (G, out, in·k²)."""
+    if isinstance(m, nn.Conv2d):
+        patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, in·k², S)
+        per_sample = torch.bmm(d.flatten(2), patches.transpose(1, 2))  # (N, out, in·k²)
+    else:
+        a2, d2 = a.reshape(len(a), -1, a.shape[-1]), d.reshape(len(d), -1, d.shape[-1])
+        per_sample = torch.bmm(d2.transpose(1, 2), a2)  # (N, out, in)
+    flat = per_sample.reshape(len(a), -1)
+    return flat.new_zeros(num_groups, flat.shape[1]).index_add_(0, group.to(flat.device), flat)
 
 
 def _norm_sums(site: Site, xhat: Tensor, d: Tensor, group: Tensor, num_groups: int) -> dict[str, Tensor]:

@@ -6,8 +6,14 @@ are forwarded once (norm layers in eval mode, so samples do not interact) and C 
 every layer's output cotangent g_c = ∂z_c/∂y per observation; then for a layer y = W a + b,
     (J_o v)_c = Σ_positions g_c · (V a + v_b),
 so all K directions of a layer cost one layer forward of the observations with the K stacked
-weight directions as output channels, plus a small contraction with g. Normalisation affine
-parameters use x̂, and layers the structured plan does not know use exact per-sample Jacobians.
+weight directions as output channels, plus a small contraction with g; or, when fewer
+multiply-adds, the layer's J_o formed once from g and the patches and multiplied by the K
+directions. A layer whose output reaches the logits only through per-channel elementwise maps,
+global pooling and a linear head (the last convolution of most CNNs) has rank-one cotangents per
+channel, g_c[ch, s] = u_c[ch] m[ch, s]; it is detected numerically and costs a per-channel inner
+product: (J_o v)_c = Σ_ch u_c[ch] Σ_j A[ch, j] V[ch, j] with A = Σ_s m[·, s] ⊗ patch[s]. Normalisation
+affine parameters use x̂, and layers the structured plan does not know use exact per-sample
+Jacobians.
 Everything is evaluated at the parameters and buffers it was built at: build it before the
 optimiser step (or pass the saved ones).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +30,11 @@ from torch import Tensor, nn
 
 from lddyn.dynamics.functional import Params, frozen_state, trainable_params
 from lddyn.dynamics.layerwise import _forward, _xhat, generic_jacobians
-from lddyn.dynamics.structured import Site, build_plan
+from lddyn.dynamics.structured import Site, cached_plan
 
 Direction = dict[str, Tensor | None]
-#: From K >= this many times C directions a Conv2d layer's J_o is formed and multiplied (measured
-#: on the digits CNN: slower than the stacked convolution at K = 2C, much faster at K = 15C).
-JACOBIAN_ROUTE_RATIO = 4
+#: Rank-one test of a layer's class cotangents: residual <= this many machine epsilons x max |g|.
+RANK_ONE_ULPS = 64
 
 
 class ObservationJacobian:
@@ -39,7 +45,7 @@ class ObservationJacobian:
     ) -> None:
         params = trainable_params(model) if params is None else params
         state = frozen_state(model) if state is None else state
-        plan = build_plan(model, params, state, x_obs)
+        plan = cached_plan(model, params, state, x_obs)
         logits, inputs, deltas = _forward(model, plan, params, state, x_obs)
         self.logits = logits.detach()  # (O, C) observation logits, eval mode
         self.sites: list[Site] = plan.sites
@@ -50,6 +56,9 @@ class ObservationJacobian:
         self.inputs = [
             _xhat(s.module, inputs[s.name]) if s.kind == "norm" else inputs[s.name] for s in plan.sites
         ]
+        self.factors = [
+            _conv_factor(s, a, g) for s, a, g in zip(plan.sites, self.inputs, self.cot, strict=True)
+        ]
         jac = generic_jacobians(model, plan.generic, params, state, x_obs) if plan.generic else {}
         self.generic = {n: j.reshape(self.o * self.c, -1) for n, j in jac.items()}
         self.shapes = {n: p.shape for n, p in params.items()}
@@ -58,12 +67,12 @@ class ObservationJacobian:
         """J_o · v for each direction v (name -> tensor; missing or None = zero): (K, O, C)."""
         k = len(directions)
         out = self.logits.new_zeros(self.o, self.c, k)
-        for site, a, g in zip(self.sites, self.inputs, self.cot, strict=True):
+        for site, a, g, factor in zip(self.sites, self.inputs, self.cot, self.factors, strict=True):
             stacked = {r: _stack(directions, full, self.shapes[full], a) for r, full in site.params.items()}
             if site.kind == "norm":
                 out += _norm_push(site, a, g, stacked, k)
             else:
-                out += _patch_push(site, a, g, stacked, k)
+                out += _patch_push(site, a, g, stacked, k, factor)
         for name, jac in self.generic.items():
             v = _stack(directions, name, self.shapes[name], jac)
             if v is not None:
@@ -111,15 +120,49 @@ def _stack(directions: Sequence[Direction], name: str, shape: torch.Size, like: 
     return torch.stack([like.new_zeros(shape) if v is None else v.to(like) for v in vals])
 
 
-def _patch_push(site: Site, a: Tensor, g: Tensor, stacked: dict[str, Tensor | None], k: int) -> Tensor:
+@dataclass
+class ConvFactor:
+    """Rank-one class cotangents of a Conv2d site: g_c[ch, s] = u[c, ch] m[ch, s] per observation."""
+
+    u: Tensor  # (O, C, out)
+    a: Tensor  # (O, out, in·k²): Σ_s m[ch, s] patch[s]
+
+
+def _conv_factor(site: Site, a: Tensor, g: Tensor) -> ConvFactor | None:
+    """The rank-one factor of a Conv2d site's cotangents (O, C, out, *S), when they have one."""
+    m = site.module
+    if not isinstance(m, nn.Conv2d) or "weight" not in site.params:
+        return None
+    if g.shape[0] > 1 and _conv_factor(site, a[:1], g[:1]) is None:  # one observation first: cheap refusal
+        return None
+    o, c, units = g.shape[:3]
+    flat = g.reshape(o, c, units, -1)
+    pick = flat.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
+    mode = flat.gather(1, pick[..., None].expand(o, 1, units, flat.shape[3]))  # (O, 1, out, S)
+    norm = mode.square().sum(3)
+    u = (flat * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
+    tol = RANK_ONE_ULPS * torch.finfo(g.dtype).eps * float(flat.abs().max())
+    if float((flat - u[..., None] * mode).abs().max()) > tol:
+        return None
+    patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (O, in·k², S)
+    return ConvFactor(u, torch.bmm(mode[:, 0], patches.transpose(1, 2)))
+
+
+def _patch_push(
+    site: Site, a: Tensor, g: Tensor, stacked: dict[str, Tensor | None], k: int, factor: ConvFactor | None
+) -> Tensor:
     """Σ_positions g_c · (V a + v_b) for a Linear / Conv2d site: (O, C, K)."""
     m, o, c = site.module, g.shape[0], g.shape[1]
     out = g.new_zeros(o, c, k)
     conv = isinstance(m, nn.Conv2d)
     units = m.out_channels if conv else m.out_features
     weight, bias = stacked.get("weight"), stacked.get("bias")
+    positions = g[0, 0].numel() // units
     if weight is not None:
-        if conv and k >= JACOBIAN_ROUTE_RATIO * c:  # many directions: form the layer's J_o once
+        if factor is not None:  # per channel: Σ_j A[ch, j] V[ch, j], then the class coefficients
+            per_channel = torch.einsum("oxj,kxj->oxk", factor.a, weight.reshape(k, units, -1))
+            out += torch.bmm(factor.u, per_channel)
+        elif conv and c * (positions + k) < k * positions:  # fewer multiply-adds: form J_o once
             patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (O, in·k², S)
             jac = torch.bmm(g.reshape(o, c * units, -1), patches.transpose(1, 2))  # (O, C·out, in·k²)
             out += (jac.reshape(o * c, -1) @ weight.reshape(k, -1).T).view(o, c, k)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lddyn.config import RecordConfig
 from lddyn.data.sets import unit_images
+from lddyn.dynamics import tidy
 from lddyn.dynamics.decompose import (
     TrackedSamples,
     decompose_grads,
@@ -41,8 +42,6 @@ from lddyn.train.events import Callback
 from lddyn.train.forward import baseline_image
 from lddyn.train.optim import current_lr
 
-INT_COLUMNS = ("source_class", "correct", "status", "index")
-CATEGORY_COLUMNS = ("term", "quantity", "part", "grad_mode")
 BYTES_PER_ROW = 8.0  # measured on a digits run: ~7.5 bytes per row of dictionary-encoded parquet
 
 
@@ -249,21 +248,7 @@ class DynamicsRecorder(Callback):
 
 
 def _typed(columns: dict[str, Any], phase: str) -> pd.DataFrame:
-    """A frame with compact integer and categorical columns, plus the step's training ``phase``.
-
-    Typed arrays are built directly (nullable Int64 from a mask, categoricals from the values):
-    converting a frame's object columns afterwards cost more than the rest of the recording.
-    """
-    data: dict[str, Any] = {}
-    for name, col in columns.items():
-        if name in INT_COLUMNS:
-            values = np.asarray(col, dtype=object)
-            missing = np.equal(values, None)
-            data[name] = pd.arrays.IntegerArray(np.where(missing, 0, values).astype(np.int64), missing)
-        elif name in CATEGORY_COLUMNS:
-            data[name] = pd.Categorical(col)
-        else:
-            data[name] = col
-    frame = pd.DataFrame(data)
+    """A typed frame of tidy columns plus the step's training ``phase``."""
+    frame = tidy.frame(columns)
     frame["phase"] = pd.Categorical.from_codes(np.zeros(len(frame), dtype=np.int8), [phase])
     return frame

@@ -14,6 +14,7 @@ parameters only. ``build_plan`` decides the route of every parameter; ``NTKPlan`
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +138,28 @@ def build_plan(model: nn.Module, params: Params, state: Params, x: Tensor) -> NT
     plan = NTKPlan("structured", routes, sites=sites, generic=generic)
     _fill_routes(plan, model)
     return plan
+
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, NTKPlan]] = weakref.WeakKeyDictionary()
+
+
+def cached_plan(model: nn.Module, params: Params, state: Params, x: Tensor) -> NTKPlan:
+    """``build_plan`` once per model structure and input shape (a recorder asks at every step).
+
+    The plan must not be changed by the caller (``choose_routes`` does: use ``build_plan``).
+    """
+    key = (
+        tuple((n, id(m)) for n, m in model.named_modules()),
+        tuple(params),
+        tuple(x.shape[1:]),
+        x.dtype,
+        x.device,
+    )
+    plans = _PLANS.setdefault(model, {})
+    if key not in plans:
+        plans.clear()
+        plans[key] = build_plan(model, params, state, x)
+    return plans[key]
 
 
 def _fill_routes(plan: NTKPlan, model: nn.Module) -> None:
