@@ -116,3 +116,20 @@ def test_replay_refuses_what_it_cannot_reproduce() -> None:
     assert replay_cotangents([(y, seed)], twice) is None
     other = lin(x.detach())  # a layer call the seeds never reach
     assert replay_cotangents([(y, seed)], [LayerCall(lin, x, other.grad_fn, 0)]) is None
+
+
+def test_an_unknown_batch_norm_node_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch-norm node of another backend (cuDNN on a GPU) must not be called as it is: its own
+    backward routes through the batch statistics. Simulated by renaming the CPU node's type."""
+    from lddyn.dynamics import replay
+    from lddyn.dynamics.functional import frozen_state, trainable_params
+    from lddyn.dynamics.structured import cached_plan
+
+    model, step = build("residual"), Step()
+    terms, calls = captured(model, step)
+    sites = cached_plan(model, trainable_params(model), frozen_state(model), calls[0].x[:1]).sites
+    seeds = [torch.ones(len(c.x), C, dtype=D64) for c in calls]
+    assert decoupled._replay(sites, calls, "logits", seeds) is not None
+    monkeypatch.setattr(replay, "BATCH_NORM", "CudnnBatchNormBackward0")
+    assert decoupled._replay(sites, calls, "logits", seeds) is None
+    assert decoupled_group_gradients(model, terms, calls) is not None  # the re-forward route instead
