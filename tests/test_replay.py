@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lddyn.dynamics import decoupled
-from lddyn.dynamics.decoupled import PER_SAMPLE_ELEMENTS, decoupled_group_gradients
+from lddyn.dynamics import decoupled, group_sums, reforward
+from lddyn.dynamics.decoupled import decoupled_group_gradients
+from lddyn.dynamics.group_sums import PER_SAMPLE_ELEMENTS
 from lddyn.dynamics.groups import GroupGradients
 from lddyn.dynamics.replay import LayerCall, replay_cotangents
 from tests.test_decompose import D64, SHAPE, C, Step, _one_thread
@@ -65,7 +66,7 @@ def test_replay_equals_the_reforward_route(arch: str, monkeypatch: pytest.Monkey
     model, step = build(arch), Step()
     terms, calls = captured(model, step)
     with monkeypatch.context() as m:  # the replay alone: a re-forward would fail the test
-        m.setattr(decoupled, "_reforward", lambda *args: pytest.fail("re-forwarded"))
+        m.setattr(reforward, "_reforward", lambda *args: pytest.fail("re-forwarded"))
         replayed = decoupled_group_gradients(model, terms, calls)
     assert replayed is not None
     ref = reforwarded(model, terms, calls, monkeypatch)
@@ -98,7 +99,7 @@ def test_per_sample_and_per_group_weight_sums_agree(limit: int, monkeypatch: pyt
     model, step = build("residual"), Step()
     terms, calls = captured(model, step)
     default = decoupled_group_gradients(model, terms, calls)
-    monkeypatch.setattr(decoupled, "PER_SAMPLE_ELEMENTS", limit)
+    monkeypatch.setattr(group_sums, "PER_SAMPLE_ELEMENTS", limit)
     forced = decoupled_group_gradients(model, terms, calls)
     assert default is not None and forced is not None and PER_SAMPLE_ELEMENTS > 0
     assert max_diff(default, forced) <= 1e-10

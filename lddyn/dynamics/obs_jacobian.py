@@ -133,19 +133,28 @@ def _conv_factor(site: Site, a: Tensor, g: Tensor) -> ConvFactor | None:
     m = site.module
     if not isinstance(m, nn.Conv2d) or "weight" not in site.params:
         return None
-    if g.shape[0] > 1 and _conv_factor(site, a[:1], g[:1]) is None:  # one observation first: cheap refusal
+    flat = g.reshape(*g.shape[:3], -1)  # (O, C, out, S)
+    if _rank_one(flat[:1]) is None:  # one observation first: a cheap refusal
         return None
-    o, c, units = g.shape[:3]
-    flat = g.reshape(o, c, units, -1)
+    found = _rank_one(flat)
+    if found is None:
+        return None
+    u, mode = found
+    patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (O, in·k², S)
+    return ConvFactor(u, torch.bmm(mode, patches.transpose(1, 2)))
+
+
+def _rank_one(flat: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(u (O, C, out), m (O, out, S)) with flat = u ⊗ m per (observation, channel), to rounding."""
+    o, c, units, positions = flat.shape
     pick = flat.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
-    mode = flat.gather(1, pick[..., None].expand(o, 1, units, flat.shape[3]))  # (O, 1, out, S)
+    mode = flat.gather(1, pick[..., None].expand(o, 1, units, positions))  # (O, 1, out, S)
     norm = mode.square().sum(3)
     u = (flat * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
-    tol = RANK_ONE_ULPS * torch.finfo(g.dtype).eps * float(flat.abs().max())
+    tol = RANK_ONE_ULPS * torch.finfo(flat.dtype).eps * float(flat.abs().max())
     if float((flat - u[..., None] * mode).abs().max()) > tol:
         return None
-    patches = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (O, in·k², S)
-    return ConvFactor(u, torch.bmm(mode[:, 0], patches.transpose(1, 2)))
+    return u, mode[:, 0]
 
 
 def _patch_push(

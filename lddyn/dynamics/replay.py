@@ -72,9 +72,15 @@ class _Replay:
             if call.node is None or call.node in self.at:
                 raise Unfamiliar("a layer output without its own graph node")
             self.at[call.node] = i
+        self.edges: dict[Node, list[Edge]] = {}
 
     def children(self, node: Node) -> list[Edge]:
-        """Edges the replay follows out of ``node`` (never into accumulate-grad nodes)."""
+        """Edges the replay follows out of ``node`` (never into accumulate-grad nodes), memoised."""
+        if node not in self.edges:
+            self.edges[node] = self._children(node)
+        return self.edges[node]
+
+    def _children(self, node: Node) -> list[Edge]:
         i = self.at.get(node)
         if i is not None:
             x = self.layers[i].input
@@ -123,7 +129,7 @@ class _Replay:
                 if expanded:
                     state[node] = node in self.at or any(state.get(c, False) for c, _ in self.children(node))
                 elif node not in state:
-                    state[node] = False  # provisional, breaks nothing: autograd graphs are acyclic
+                    state[node] = False  # marked on the first visit, decided after its children (post-order)
                     stack.append((node, True))
                     stack.extend((c, False) for c, _ in self.children(node) if c not in state)
         return {n for n, keep in state.items() if keep}
