@@ -134,3 +134,50 @@ def test_an_unknown_batch_norm_node_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(replay, "BATCH_NORM", "CudnnBatchNormBackward0")
     assert decoupled._replay(sites, calls, "logits", seeds) is None
     assert decoupled_group_gradients(model, terms, calls) is not None  # the re-forward route instead
+
+
+def test_rows_gather_used_rows_sorted_by_group_and_sum_by_group() -> None:
+    """Pieces of several batches, unused rows (-1) dropped, a spare zero row after the groups."""
+    from lddyn.dynamics.group_sums import Rows, site_group_sums
+    from lddyn.dynamics.structured import Site
+
+    groups = [torch.tensor([1, -1, 0, 1]), torch.tensor([2, 0])]
+    rows = Rows(groups, 3, torch.device("cpu"), spare=1)
+    assert rows.sizes == [2, 2, 1]
+    pieces = [torch.arange(4, dtype=D64)[:, None], 10 + torch.arange(2, dtype=D64)[:, None]]
+    assert rows.sorted(pieces).flatten().tolist() == [2, 11, 0, 3, 10]  # stable within a group
+    lin = nn.Linear(3, 2).to(D64)
+    a = [torch.randn(4, 3, dtype=D64), torch.randn(2, 3, dtype=D64)]
+    d = [torch.randn(4, 2, dtype=D64), torch.randn(2, 2, dtype=D64)]
+    site = Site("lin", lin, "patch", {"weight": "w", "bias": "b"})
+    named = {"w": lin.weight, "b": lin.bias}
+    for limit in (0, 1 << 40):  # one call per group, and per-sample gradients summed by group
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(group_sums, "PER_SAMPLE_ELEMENTS", limit)
+            sums = site_group_sums([site], [a], [d], rows, named)
+        assert sums["w"].shape == (4, 2, 3) and sums["b"].shape == (4, 2)
+        for g in range(3):
+            rows_g = [(ak[gk == g], dk[gk == g]) for ak, dk, gk in zip(a, d, groups, strict=True)]
+            want_w = sum(dk.T @ ak for ak, dk in rows_g)
+            want_b = sum(dk.sum(0) for _, dk in rows_g)
+            assert (sums["w"][g] - want_w).abs().max() <= 1e-12
+            assert (sums["b"][g] - want_b).abs().max() <= 1e-12
+        assert not sums["w"][3].any() and not sums["b"][3].any()
+
+
+def test_the_decomposition_is_the_same_through_either_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay (coupling written into the groups' spare row) against re-forward (coupling appended)."""
+    from lddyn.dynamics.decompose import decompose_step
+
+    torch.manual_seed(5)
+    model, step, x_obs = build("cnn-batch"), Step(), torch.randn(3, *SHAPE, dtype=D64)
+    terms, calls = captured(model, step)
+    replayed = decompose_step(model, terms, x_obs, lr=0.1, mode="decoupled", calls=calls)
+    with monkeypatch.context() as m:
+        m.setattr(decoupled, "_replay", lambda *args: None)
+        ref = decompose_step(model, terms, x_obs, lr=0.1, mode="decoupled", calls=calls)
+    assert replayed.kg_coupling is not None and ref.kg_coupling is not None
+    assert ref.kg_coupling.abs().max() > 1e-6 and ref.kg.abs().max() > 1e-3
+    assert (replayed.kg - ref.kg).abs().max() <= 1e-10
+    assert (replayed.kg_coupling - ref.kg_coupling).abs().max() <= 1e-10
+    assert (replayed.kg_total - ref.kg_total).abs().max() <= 1e-10

@@ -230,13 +230,13 @@ def decompose_grads(
     with the parameters saved before it.
     """
     params = trainable_params(model) if params is None else params
-    directions = list(grads.grads) + ([grads.coupling] if grads.coupling is not None else [])
     own_total = grads.mode == EXACT and grads.total_direct is not None  # an independent check
-    if own_total:
-        directions.append(grads.total_direct)
     jacobian = ObservationJacobian(model, x_obs, params, state)
-    kg, logits = jacobian.apply(directions), jacobian.logits
-    gn = len(grads.grads)
+    gn, logits = len(grads.keys), jacobian.logits
+    kg = jacobian.apply_stacked(*grads.directions())  # the groups, then the coupling when set
+    kg_coupling = kg[gn] if grads.coupling is not None else None
+    kg_total = jacobian.apply([grads.total_direct])[0] if own_total else kg.sum(0)
+    kg = kg[:gn]
     return StepDecomposition(
         step=step,
         lr=float(lr),
@@ -245,14 +245,14 @@ def decompose_grads(
         group_sizes=grads.sizes,
         logits=logits,
         probs=F.softmax(logits, -1),
-        kg=kg[:gn],
-        kg_total=kg[-1] if own_total else kg.sum(0),
+        kg=kg,
+        kg_total=kg_total,
         G=dict(zip(names, grads.logit_grads, strict=True)),
         group_id=dict(zip(names, grads.ids, strict=True)),
         obs_ids=torch.arange(len(x_obs)) if obs_ids is None else obs_ids,
         tracked=tracked,
         mode=grads.mode,
-        kg_coupling=kg[gn] if grads.coupling is not None else None,
+        kg_coupling=kg_coupling,
     )
 
 

@@ -7,8 +7,7 @@ while each sample's gradient now depends on that sample alone. One backward seed
 per-sample logit gradients G then gives every sample's output cotangent at every layer, and each
 group's gradient is a per-layer product restricted to the group's samples (Linear: δ_gᵀ a_g;
 Conv2d: the weight gradient of the group's rows; norm affine: Σ δ·x̂ and Σ δ), about one
-weight-gradient pass for all groups together (``group_sums``). Rows are sorted by group, so every
-group is a contiguous slice of every layer's input and cotangent.
+weight-gradient pass for all groups together (``group_sums``).
 
 That backward is replayed on the training graph itself (``replay``), from the layer calls the
 capture hooked during the training forward: no second forward. When the graph holds something
@@ -32,8 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from lddyn.dynamics.functional import frozen_state, trainable_params
-from lddyn.dynamics.group_sums import site_group_sums
-from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, check_keys, group_ids, named_trainable
+from lddyn.dynamics.group_sums import Rows, site_group_sums
+from lddyn.dynamics.groups import (
+    DECOUPLED,
+    GROUP_KEYS,
+    GroupGradients,
+    check_keys,
+    group_ids,
+    named_trainable,
+)
 from lddyn.dynamics.reforward import reforward_group_sums
 from lddyn.dynamics.replay import LayerCall, replay_cotangents
 from lddyn.dynamics.structured import NORM_AFFINE, Site, cached_plan
@@ -159,31 +165,31 @@ def decoupled_group_gradients(
             seeds[k][rows.to(seeds[k].device)] = g[(w[:, 0] == k).to(g.device)].detach()
     active = [k for k in range(len(calls)) if bool((gid[k] >= 0).any())]
     batches, seeds = [calls[k] for k in active], [seeds[k] for k in active]
-    # rows of all active batches sorted by group (unused rows first): each group's rows are then
-    # one contiguous slice of every layer's input and cotangent
-    group = torch.cat([gid[k] for k in active])
-    order = torch.argsort(group, stable=True)
-    group = group[order]
     named = named_trainable(model)
+    rows = Rows([gid[k] for k in active], len(keys), calls[0].x.device, spare=1)  # + the coupling
     replayed = None if plan.generic else _replay(plan.sites, batches, key, seeds)
+    buffers = None
     if replayed is not None:  # the training graph itself
-        dev_order = order.to(calls[0].x.device)
-        inputs, cot = ([t.index_select(0, dev_order) for t in ts] for ts in replayed)
-        grads = site_group_sums(plan.sites, inputs, cot, group, len(keys), named)
+        buffers = site_group_sums(plan.sites, *replayed, rows, named)
+        grads = {n: None if b is None else b[: len(keys)] for n, b in buffers.items()}
     else:
+        # one re-forward of all batches with their rows sorted by group (unused rows first)
+        group = torch.cat([gid[k] for k in active])
+        order = torch.argsort(group, stable=True)
         xs, outs = [c.x for c in batches], [c.outputs[key] for c in batches]
-        grads = reforward_group_sums(model, plan, xs, outs, seeds, key, order, group, len(keys), named)
+        grads = reforward_group_sums(model, plan, xs, outs, seeds, key, order, group[order], len(keys), named)
         if grads is None:
             return None
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
-    return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, mode="decoupled")
+    by = check_keys(by)
+    return GroupGradients(by, keys, ids, grads, logit_grads, sizes, mode=DECOUPLED, buffers=buffers)
 
 
 def _replay(
     sites: list[Site], calls: Sequence[ForwardCall], key: str, seeds: Sequence[Tensor]
-) -> tuple[list[Tensor], list[Tensor]] | None:
-    """Per site, its inputs (x̂ for norms) and output cotangents over the calls' rows in order, by the
-    decoupled backward replayed on the training graph; None when the graph does not allow it."""
+) -> tuple[list[list[Tensor]], list[list[Tensor]]] | None:
+    """Per site and call, its inputs (x̂ for norms) and output cotangents, by the decoupled
+    backward replayed on the training graph; None when the graph does not allow it."""
     layers = []
     for call in calls:
         if key not in call.live:
@@ -197,6 +203,6 @@ def _replay(
     if got is None:
         return None
     n = len(sites)
-    inputs = [torch.cat([got[j * n + i][0] for j in range(len(calls))]) for i in range(n)]
-    cot = [torch.cat([got[j * n + i][1] for j in range(len(calls))]) for i in range(n)]
+    inputs = [[got[j * n + i][0] for j in range(len(calls))] for i in range(n)]
+    cot = [[got[j * n + i][1] for j in range(len(calls))] for i in range(n)]
     return inputs, cot

@@ -58,28 +58,36 @@ def group_ids(terms: Sequence[LossTerm], by: Sequence[str]) -> tuple[list[tuple]
 class GroupGradients:
     """Per-group parameter gradients ∇θ L_g of one step, plus the per-sample logit gradients.
 
-    ``grads[g][name]`` has the parameter's shape (None where the group does not reach it);
+    ``stacked[name]`` is (num_groups, *shape): every group's gradient of one parameter, None
+    where no group reaches it. Kept stacked because every consumer (the observation products,
+    the optimiser split) works on all groups at once; ``grads`` gives per-group views.
     ``logit_grads[t]`` is G_t = ∂L_t/∂z_t (N_t, C) of term t, read from autograd.
     """
 
     by: tuple[str, ...]
     keys: list[tuple]  # one key tuple per group, values in ``by`` order
     ids: list[Tensor]  # per term: (N_t,) group of each sample
-    grads: list[dict[str, Tensor | None]]
+    stacked: dict[str, Tensor | None]
     logit_grads: list[Tensor]  # per term: (N_t, C)
     sizes: Tensor  # (num_groups,) samples per group
     total_direct: dict[str, Tensor | None] | None = None  # ∇θ L from its own backward, if taken
     mode: str = EXACT  # EXACT: through the training graph; DECOUPLED: batch statistics held constant
     # DECOUPLED only: ∇θ L − Σ_g ∇θ L_g, the part through the batch statistics (set by ``set_total``)
     coupling: dict[str, Tensor | None] | None = None
+    # optional (num_groups + 1, *shape) tensors whose first rows are ``stacked``: ``set_total``
+    # writes the coupling into the last row, so groups and coupling map to observations at once
+    buffers: dict[str, Tensor | None] | None = None
+
+    @property
+    def grads(self) -> list[dict[str, Tensor | None]]:
+        """Per group: parameter name -> gradient (a view into ``stacked``), None where unreached."""
+        return [
+            {n: None if s is None else s[g] for n, s in self.stacked.items()} for g in range(len(self.keys))
+        ]
 
     def group_sum(self) -> dict[str, Tensor | None]:
         """Σ_g ∇θ L_g (None where no group reaches a parameter)."""
-        out: dict[str, Tensor | None] = {}
-        for name in self.grads[0] if self.grads else {}:
-            vals = [g[name] for g in self.grads if g[name] is not None]
-            out[name] = torch.stack(vals).sum(0) if vals else None
-        return out
+        return {n: None if s is None else s.sum(0) for n, s in self.stacked.items()}
 
     def total(self) -> dict[str, Tensor | None]:
         """∇θ L: the group sum, plus the coupling of a decoupled step once known."""
@@ -100,13 +108,52 @@ class GroupGradients:
                 n: None if t is None else (t if summed.get(n) is None else t - summed[n])
                 for n, t in total.items()
             }
+            spare = self.buffers or {}
+            for n, c in self.coupling.items():
+                if c is not None and spare.get(n) is not None:
+                    self.coupling[n] = spare[n][-1].copy_(c)
+
+    def directions(self) -> tuple[dict[str, Tensor | None], int]:
+        """(per parameter the stacked directions, K): the groups, then the coupling once set."""
+        g = len(self.keys)
+        if self.coupling is None:
+            return self.stacked, g
+        spare = self.buffers or {}
+        if all(c is None or spare.get(n) is not None for n, c in self.coupling.items()):
+            return spare, g + 1  # the coupling is already the last row
+        out: dict[str, Tensor | None] = {}
+        for n, s in self.stacked.items():
+            c = self.coupling.get(n)
+            if s is None and c is None:
+                out[n] = None
+            else:
+                like = s[0] if s is not None and g else c
+                s = like.new_zeros(g, *like.shape) if s is None else s
+                out[n] = torch.cat([s, (torch.zeros_like(like) if c is None else c)[None]])
+        return out, g + 1
 
     def parts(self) -> tuple[list[tuple], list[dict[str, Tensor | None]]]:
         """(meta dicts, gradients) of the groups, then the coupling part when there is one."""
         meta = [dict(zip(self.by, key, strict=True)) for key in self.keys]
         if self.coupling is None:
-            return meta, list(self.grads)
+            return meta, self.grads
         return [*meta, {"term": COUPLING_TERM}], [*self.grads, self.coupling]
+
+
+def stack_groups(
+    grads: Sequence[dict[str, Tensor | None]], named: dict[str, nn.Parameter]
+) -> dict[str, Tensor | None]:
+    """Per-group gradient dicts as (num_groups, *shape) per parameter: zeros for a group that does
+    not reach a parameter some other group reaches, None where none does."""
+    out: dict[str, Tensor | None] = {}
+    for name, p in named.items():
+        vals = [g.get(name) for g in grads]
+        out[name] = (
+            None
+            if all(v is None for v in vals)
+            else torch.stack([torch.zeros_like(p) if v is None else v for v in vals])
+        )
+    return out
 
 
 def named_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -137,13 +184,14 @@ def group_gradients(
         torch.autograd.grad(e.sum(), t.logits, retain_graph=True)[0] for e, t in zip(ell, terms, strict=True)
     ]
     dev_ids = [i.to(e.device) for e, i in zip(ell, ids, strict=True)]
-    grads = _batched_group_grads(ell, dev_ids, len(keys), named) if batched else None
-    if grads is None:
+    stacked = _batched_group_grads(ell, dev_ids, len(keys), named) if batched else None
+    if stacked is None:
         grads = []
         for g in range(len(keys)):
             loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
             gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
             grads.append(dict(zip(named, gr, strict=True)))
+        stacked = stack_groups(grads, named)
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
     total = None
     if with_total:
@@ -151,15 +199,16 @@ def group_gradients(
             sum(e.sum() for e in ell), list(named.values()), retain_graph=True, allow_unused=True
         )
         total = dict(zip(named, gr, strict=True))
-    return GroupGradients(check_keys(by), keys, ids, grads, logit_grads, sizes, total)
+    return GroupGradients(check_keys(by), keys, ids, stacked, logit_grads, sizes, total)
 
 
 def _batched_group_grads(
     ell: Sequence[Tensor], ids: Sequence[Tensor], num_groups: int, named: dict[str, nn.Parameter]
-) -> list[dict[str, Tensor | None]] | None:
-    """Σ_{b in g} ∇θ ℓ_b for every group g at once, or None if the batched backward is unsupported."""
+) -> dict[str, Tensor | None] | None:
+    """Σ_{b in g} ∇θ ℓ_b for every group g at once, stacked (num_groups, *shape) per parameter, or
+    None if the batched backward is unsupported."""
     if num_groups == 0:
-        return []
+        return {n: None for n in named}
     losses = torch.cat([e.reshape(-1) for e in ell])
     group = torch.cat(list(ids)).to(losses.device)
     seeds = (torch.arange(num_groups, device=losses.device)[:, None] == group[None, :]).to(losses.dtype)
@@ -169,9 +218,7 @@ def _batched_group_grads(
         )
     except RuntimeError:
         return None
-    return [
-        {n: (None if v is None else v[g]) for n, v in zip(named, gr, strict=True)} for g in range(num_groups)
-    ]
+    return dict(zip(named, gr, strict=True))
 
 
 def live_total(model: nn.Module, terms: Sequence[LossTerm]) -> dict[str, Tensor | None]:

@@ -21,7 +21,8 @@ optimiser step (or pass the saved ones).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,8 @@ from lddyn.dynamics.structured import Site, cached_plan
 Direction = dict[str, Tensor | None]
 #: Rank-one test of a layer's class cotangents: residual <= this many machine epsilons x max |g|.
 RANK_ONE_ULPS = 64
+#: Convolutions whose cotangents were found not to factor (structural: not retested).
+_NOT_RANK_ONE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class ObservationJacobian:
@@ -65,19 +68,40 @@ class ObservationJacobian:
 
     def apply(self, directions: Sequence[Direction]) -> Tensor:
         """J_o · v for each direction v (name -> tensor; missing or None = zero): (K, O, C)."""
-        k = len(directions)
+        return self.apply_stacked(stack_directions(directions), len(directions))
+
+    def apply_stacked(self, stacked: Mapping[str, Tensor | None], k: int) -> Tensor:
+        """J_o · v for K directions stacked per parameter ((K, *shape); missing or None = zero):
+        (K, O, C). Group gradients arrive stacked, so no per-direction copies are made."""
         out = self.logits.new_zeros(self.o, self.c, k)
         for site, a, g, factor in zip(self.sites, self.inputs, self.cot, self.factors, strict=True):
-            stacked = {r: _stack(directions, full, self.shapes[full], a) for r, full in site.params.items()}
+            picked = {r: _pick(stacked, full, a) for r, full in site.params.items()}
             if site.kind == "norm":
-                out += _norm_push(site, a, g, stacked, k)
+                out += _norm_push(site, a, g, picked, k)
             else:
-                out += _patch_push(site, a, g, stacked, k, factor)
+                out += _patch_push(site, a, g, picked, k, factor)
         for name, jac in self.generic.items():
-            v = _stack(directions, name, self.shapes[name], jac)
+            v = _pick(stacked, name, jac)
             if v is not None:
                 out += (jac @ v.reshape(k, -1).T).view(self.o, self.c, k)
         return out.permute(2, 0, 1)
+
+
+def stack_directions(directions: Sequence[Direction]) -> dict[str, Tensor | None]:
+    """(K, *shape) per parameter from K direction dicts: zeros where a direction misses a parameter
+    some other direction has, None where none has it."""
+    names = dict.fromkeys(n for d in directions for n, v in d.items() if v is not None)
+    out: dict[str, Tensor | None] = {}
+    for name in names:
+        vals = [d.get(name) for d in directions]
+        like = next(v for v in vals if v is not None)
+        out[name] = torch.stack([torch.zeros_like(like) if v is None else v.to(like) for v in vals])
+    return out
+
+
+def _pick(stacked: Mapping[str, Tensor | None], name: str, like: Tensor) -> Tensor | None:
+    v = stacked.get(name)
+    return None if v is None else v.to(like)
 
 
 def class_cotangents(logits: Tensor, outputs: list[Tensor]) -> list[Tensor]:
@@ -112,14 +136,6 @@ def class_cotangents(logits: Tensor, outputs: list[Tensor]) -> list[Tensor]:
     return [torch.stack([pc[i] for pc in per_class], 1) for i in range(len(outputs))]
 
 
-def _stack(directions: Sequence[Direction], name: str, shape: torch.Size, like: Tensor) -> Tensor | None:
-    """(K, *shape) directions of one parameter, or None when no direction touches it."""
-    vals = [d.get(name) for d in directions]
-    if all(v is None for v in vals):
-        return None
-    return torch.stack([like.new_zeros(shape) if v is None else v.to(like) for v in vals])
-
-
 @dataclass
 class ConvFactor:
     """Rank-one class cotangents of a Conv2d site: g_c[ch, s] = u[c, ch] m[ch, s] per observation."""
@@ -129,12 +145,17 @@ class ConvFactor:
 
 
 def _conv_factor(site: Site, a: Tensor, g: Tensor) -> ConvFactor | None:
-    """The rank-one factor of a Conv2d site's cotangents (O, C, out, *S), when they have one."""
+    """The rank-one factor of a Conv2d site's cotangents (O, C, out, *S), when they have one.
+
+    A layer whose cotangents mix positions (anything but the last convolution of a CNN) refuses
+    at its first test; it is remembered and not tested again (a recorder asks at every step).
+    """
     m = site.module
-    if not isinstance(m, nn.Conv2d) or "weight" not in site.params:
+    if not isinstance(m, nn.Conv2d) or "weight" not in site.params or m in _NOT_RANK_ONE:
         return None
     flat = g.reshape(*g.shape[:3], -1)  # (O, C, out, S)
     if _rank_one(flat[:1]) is None:  # one observation first: a cheap refusal
+        _NOT_RANK_ONE.add(m)
         return None
     found = _rank_one(flat)
     if found is None:

@@ -18,13 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lddyn.dynamics.group_sums import site_group_sums
+from lddyn.dynamics.group_sums import Rows, site_group_sums
+from lddyn.dynamics.groups import stack_groups
 from lddyn.dynamics.layerwise import _xhat
 from lddyn.dynamics.structured import NTKPlan, Site
 
 #: Relative tolerance for the re-forward reproducing the training logits (else: exact route).
 REPRODUCE_RTOL = 1e-4
-Grads = list[dict[str, Tensor | None]]
+Grads = dict[str, Tensor | None]  # parameter name -> (num_groups, *shape) or None
 
 
 def reforward_group_sums(
@@ -62,10 +63,11 @@ def reforward_group_sums(
         return None
     deltas = [capture.deltas[s.name] for s in plan.sites]
     cot = torch.autograd.grad((z * seed).sum(), deltas, retain_graph=bool(plan.generic), allow_unused=True)
-    inputs = [capture.inputs[s.name] for s in plan.sites]
-    grads = site_group_sums(plan.sites, inputs, cot, group, num_groups, named)
+    inputs = [[capture.inputs[s.name]] for s in plan.sites]
+    rows = Rows([group], num_groups, device)
+    grads = site_group_sums(plan.sites, inputs, [None if d is None else [d] for d in cot], rows, named)
     if plan.generic:
-        _generic_group_sums(named, plan.generic, z, seed, group, grads)
+        _generic_group_sums(named, plan.generic, z, seed, group, num_groups, grads)
     return grads
 
 
@@ -158,12 +160,14 @@ def _generic_group_sums(
     logits: Tensor,
     seed: Tensor,
     group: Tensor,
-    grads: list[dict[str, Tensor | None]],
+    num_groups: int,
+    grads: Grads,
 ) -> None:
     """Parameters outside the structured sites: one backward per group on the decoupled graph."""
     params = [named[n] for n in names]
-    for g in range(len(grads)):
+    per_group = []
+    for g in range(num_groups):
         mask = (group == g).to(seed)[:, None]
         gr = torch.autograd.grad((logits * seed * mask).sum(), params, retain_graph=True, allow_unused=True)
-        for n, v in zip(names, gr, strict=True):
-            grads[g][n] = v
+        per_group.append(dict(zip(names, gr, strict=True)))
+    grads.update(stack_groups(per_group, {n: named[n] for n in names}))
