@@ -32,13 +32,16 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-from lddyn.config import load_config
+from lddyn.config import RunConfig, load_config
 from lddyn.dynamics.recorder import DynamicsRecorder
 from lddyn.losses import LossTerm
+from lddyn.train.events import Callback
 from lddyn.train.run import build_callbacks
 from lddyn.train.trainer import Trainer
 
@@ -56,6 +59,18 @@ class WholeBatchTracker(DynamicsRecorder):
         return track, (inputs if len(inputs) == len(track) else {})
 
 
+@contextmanager
+def started_trainer(cfg: RunConfig, callbacks: list[Callback]) -> Iterator[Trainer]:
+    """A trainer in a temporary run folder, its recorder quiet, past ``train_start``."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir, callbacks)
+        for c in callbacks:
+            if isinstance(c, DynamicsRecorder):
+                c.console.quiet = True
+        trainer.dispatch("train_start")
+        yield trainer
+
+
 def steps_per_second(overrides: list[str], steps: int, whole_batch: bool = False) -> float:
     cfg = load_config(
         "digits-dytrim", [f"train.steps={steps + 10}", "train.checkpoint_every=100000", *overrides]
@@ -63,12 +78,7 @@ def steps_per_second(overrides: list[str], steps: int, whole_batch: bool = False
     callbacks = build_callbacks(cfg, progress=False)
     if whole_batch:
         callbacks = [WholeBatchTracker() if isinstance(c, DynamicsRecorder) else c for c in callbacks]
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run_dir, callbacks)
-        for c in callbacks:
-            if isinstance(c, DynamicsRecorder):
-                c.console.quiet = True
-        trainer.dispatch("train_start")
+    with started_trainer(cfg, callbacks) as trainer:
         for _ in range(10):  # warm-up: first touches of memory, oneDNN primitive creation
             ctx, terms = trainer.train_step()
             trainer.dispatch("step_end", ctx, terms)

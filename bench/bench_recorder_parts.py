@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_recorder import started_trainer
 from torch import nn
 
 from lddyn.config import load_config
 from lddyn.dynamics import decoupled, recorder
 from lddyn.dynamics.functional import frozen_state, trainable_params
 from lddyn.dynamics.obs_jacobian import ObservationJacobian
-from lddyn.dynamics.recorder import DynamicsRecorder
 from lddyn.train.run import build_callbacks
-from lddyn.train.trainer import Trainer
 
 backward = torch.ops.aten.convolution_backward
 
@@ -84,12 +82,7 @@ def capture_step(steps: int, repeats: int) -> tuple[float, float, dict[str, Any]
     decoupled.site_group_sums, decoupled._replay = keep("sums", sums), replay_timed
     recorder.decompose_grads = keep("decompose", decompose)
     try:
-        with tempfile.TemporaryDirectory() as run_dir:
-            trainer = Trainer(cfg, run_dir, callbacks)
-            for c in callbacks:
-                if isinstance(c, DynamicsRecorder):
-                    c.console.quiet = True
-            trainer.dispatch("train_start")
+        with started_trainer(cfg, callbacks) as trainer:
             while not trainer.finished:
                 start = time.perf_counter()
                 ctx, terms = trainer.train_step()

@@ -183,3 +183,14 @@ def test_observation_jacobian_equals_jvp(arch: str, k: int) -> None:
     got = ObservationJacobian(model, x_obs, params).apply(directions)
     want = jvp_logits(model, x_obs, directions, params)
     assert got.shape == (k, 4, C) and (got - want).abs().max() <= 1e-10 and want.abs().max() > 1e-2
+
+
+def test_stack_groups_fills_missing_parts_with_zeros_and_keeps_unreached_names() -> None:
+    from lddyn.dynamics.groups import stack_groups
+
+    a, b = torch.randn(2, 3, dtype=D64), torch.randn(4, dtype=D64)
+    stacked = stack_groups([{"a": a, "b": None}, {"a": None, "b": b}, {"a": a}], ["a", "b", "c"])
+    assert list(stacked) == ["a", "b", "c"] and stacked["c"] is None
+    assert torch.equal(stacked["a"], torch.stack([a, torch.zeros_like(a), a]))
+    assert torch.equal(stacked["b"], torch.stack([torch.zeros_like(b), b, torch.zeros_like(b)]))
+    assert list(stack_groups([{"b": b, "a": None}])) == ["b"]  # default: the names some part has

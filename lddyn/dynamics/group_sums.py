@@ -34,8 +34,8 @@ class Rows:
     ) -> None:
         self.num_groups, self.spare = num_groups, spare
         self.ids = [g.to(device) for g in groups]
-        self.all_used = all(bool((g >= 0).all()) for g in groups)
-        self.used = None if self.all_used else [i >= 0 for i in self.ids]
+        all_used = all(bool((g >= 0).all()) for g in groups)
+        self.used = None if all_used else [i >= 0 for i in self.ids]
         flat = torch.cat(list(groups)) if groups else torch.zeros(0, dtype=torch.long)
         self.sizes = torch.bincount(flat[flat >= 0], minlength=num_groups).tolist()
         # where each used row lands when the rows are sorted by group (stable): per batch

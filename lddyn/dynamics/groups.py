@@ -121,16 +121,7 @@ class GroupGradients:
         spare = self.buffers or {}
         if all(c is None or spare.get(n) is not None for n, c in self.coupling.items()):
             return spare, g + 1  # the coupling is already the last row
-        out: dict[str, Tensor | None] = {}
-        for n, s in self.stacked.items():
-            c = self.coupling.get(n)
-            if s is None and c is None:
-                out[n] = None
-            else:
-                like = s[0] if s is not None and g else c
-                s = like.new_zeros(g, *like.shape) if s is None else s
-                out[n] = torch.cat([s, (torch.zeros_like(like) if c is None else c)[None]])
-        return out, g + 1
+        return stack_groups([*self.grads, self.coupling], list(self.stacked)), g + 1
 
     def parts(self) -> tuple[list[tuple], list[dict[str, Tensor | None]]]:
         """(meta dicts, gradients) of the groups, then the coupling part when there is one."""
@@ -141,17 +132,21 @@ class GroupGradients:
 
 
 def stack_groups(
-    grads: Sequence[dict[str, Tensor | None]], named: dict[str, nn.Parameter]
+    dicts: Sequence[dict[str, Tensor | None]], names: Sequence[str] | None = None
 ) -> dict[str, Tensor | None]:
-    """Per-group gradient dicts as (num_groups, *shape) per parameter: zeros for a group that does
-    not reach a parameter some other group reaches, None where none does."""
+    """Per-part parameter dicts as (num_parts, *shape) per parameter: zeros for a part that misses a
+    parameter another part has, None where no part has it. ``names``: the keys of the result
+    (default: every parameter some part has)."""
+    if names is None:
+        names = list(dict.fromkeys(n for d in dicts for n, v in d.items() if v is not None))
     out: dict[str, Tensor | None] = {}
-    for name, p in named.items():
-        vals = [g.get(name) for g in grads]
+    for name in names:
+        vals = [d.get(name) for d in dicts]
+        like = next((v for v in vals if v is not None), None)
         out[name] = (
             None
-            if all(v is None for v in vals)
-            else torch.stack([torch.zeros_like(p) if v is None else v for v in vals])
+            if like is None
+            else torch.stack([torch.zeros_like(like) if v is None else v.to(like) for v in vals])
         )
     return out
 
@@ -191,7 +186,7 @@ def group_gradients(
             loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
             gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
             grads.append(dict(zip(named, gr, strict=True)))
-        stacked = stack_groups(grads, named)
+        stacked = stack_groups(grads, list(named))
     sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
     total = None
     if with_total:

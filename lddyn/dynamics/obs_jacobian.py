@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lddyn.dynamics.functional import Params, frozen_state, trainable_params
+from lddyn.dynamics.groups import stack_groups
 from lddyn.dynamics.layerwise import _forward, _xhat, generic_jacobians
 from lddyn.dynamics.structured import Site, cached_plan
 
@@ -68,7 +69,7 @@ class ObservationJacobian:
 
     def apply(self, directions: Sequence[Direction]) -> Tensor:
         """J_o · v for each direction v (name -> tensor; missing or None = zero): (K, O, C)."""
-        return self.apply_stacked(stack_directions(directions), len(directions))
+        return self.apply_stacked(stack_groups(directions), len(directions))
 
     def apply_stacked(self, stacked: Mapping[str, Tensor | None], k: int) -> Tensor:
         """J_o · v for K directions stacked per parameter ((K, *shape); missing or None = zero):
@@ -85,18 +86,6 @@ class ObservationJacobian:
             if v is not None:
                 out += (jac @ v.reshape(k, -1).T).view(self.o, self.c, k)
         return out.permute(2, 0, 1)
-
-
-def stack_directions(directions: Sequence[Direction]) -> dict[str, Tensor | None]:
-    """(K, *shape) per parameter from K direction dicts: zeros where a direction misses a parameter
-    some other direction has, None where none has it."""
-    names = dict.fromkeys(n for d in directions for n, v in d.items() if v is not None)
-    out: dict[str, Tensor | None] = {}
-    for name in names:
-        vals = [d.get(name) for d in directions]
-        like = next(v for v in vals if v is not None)
-        out[name] = torch.stack([torch.zeros_like(like) if v is None else v.to(like) for v in vals])
-    return out
 
 
 def _pick(stacked: Mapping[str, Tensor | None], name: str, like: Tensor) -> Tensor | None:

@@ -170,4 +170,4 @@ def _generic_group_sums(
         mask = (group == g).to(seed)[:, None]
         gr = torch.autograd.grad((logits * seed * mask).sum(), params, retain_graph=True, allow_unused=True)
         per_group.append(dict(zip(names, gr, strict=True)))
-    grads.update(stack_groups(per_group, {n: named[n] for n in names}))
+    grads.update(stack_groups(per_group, names))
