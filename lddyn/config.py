@@ -169,18 +169,23 @@ class RecordConfig:
     dynamics: bool = False
     every: int = at_least(10, 1)  # record every N steps ...
     dense_until: int = non_negative(0)  # ... and at every step up to this one
-    obs_per_class: int = non_negative(1)  # test images per class observed
+    obs_per_class: int = non_negative(1)  # test images per class observed (running statistics)
     baseline: bool = True  # observe the baseline image(s) of probe.colors
-    # training samples tracked per set (labeled, unlabeled), spread over classes
+    # how the baseline images are observed: own = each normalised by its own statistics, as CDMAD,
+    # DyTrim and the probe forward them; running = BatchNorm's running statistics
+    baseline_norm: str = one_of("own", "own", "running")
+    # training samples tracked per set (labeled, unlabeled), spread over classes (running statistics)
     tracked: int = non_negative(0)
     by: tuple[str, ...] = _f(
         GROUPINGS, lambda v: set(v) <= set(GROUPINGS) and len(v) > 0, f"a non-empty subset of {GROUPINGS}"
     )
-    per_sample_every: int = non_negative(0)  # exact per-sample contributions of tracked samples (0 = off)
-    realised: bool = True  # the optimiser's realised update, measured change and residual
-    # group gradients: exact = through the training graph, one backward per group; decoupled = batch
-    # statistics held constant, ~one backward for all groups, the rest reported as term bn_coupling
+    # group gradients: decoupled = batch statistics held at the batch's values, ~one backward for all
+    # groups, the rest reported as term bn_coupling; exact = one backward per group, coupling included
     groups: str = one_of("decoupled", "decoupled", "exact")
+
+
+#: Keys of earlier versions, dropped when an old run.json is read (their behaviour is now fixed).
+RETIRED = {"record": ("realised", "per_sample_every")}
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,9 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     from lddyn.methods import build_method_configs  # methods register their own config classes
 
     raw = dict(raw)
+    for section, keys in RETIRED.items():
+        if isinstance(raw.get(section), Mapping):
+            raw[section] = {k: v for k, v in raw[section].items() if k not in keys}
     methods = build_method_configs(raw.pop("methods", []) or [])
     cfg = build_section(RunConfig, raw, "")
     cfg = dataclasses.replace(cfg, methods=methods)

@@ -9,7 +9,7 @@ reshape a step by editing fields (targets, weights, logit offsets) rather than r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,8 @@ class LossTerm:
     # Per-sample unweighted loss from the loss logits, for terms that are not a cross-entropy against
     # ``targets`` (a batch-coupled term written as per-sample pieces with the exact gradient). None = soft CE.
     loss_fn: Callable[[Tensor], Tensor] | None = None
+    # per_sample() once computed: the loss back-propagated and a dynamics recorder see one tensor
+    _per_sample: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def loss_logits(self) -> Tensor:
         """Logits as the loss sees them (after any logit adjustment)."""
@@ -56,8 +58,11 @@ class LossTerm:
         return -(self.targets * F.log_softmax(self.loss_logits(), dim=-1)).sum(-1)
 
     def per_sample(self) -> Tensor:
-        """Per-sample contribution ell_b to the total loss, shape (N,)."""
-        return self.weight * self.unweighted() / self.norm
+        """Per-sample contribution ell_b to the total loss, shape (N,); computed once per term
+        (``with_`` makes a new term), so every reader holds the tensor the loss sums."""
+        if self._per_sample is None:
+            self._per_sample = self.weight * self.unweighted() / self.norm
+        return self._per_sample
 
     def loss(self) -> Tensor:
         return self.per_sample().sum()

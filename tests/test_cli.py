@@ -16,7 +16,7 @@ from lddyn.sinks.parquet import read_table
 from tests.conftest import ROOT, cli, overrides
 
 SHORT = ("train.steps=30", "train.eval_every=10", "probe.every=10", "train.checkpoint_every=10")
-RECORDED = ("observations", "dynamics", "realised", "dynamics_samples")
+RECORDED = ("observations", "dynamics")
 SCHEMAS = {
     "metrics": ["step", "split", "cls", "metric", "value", "debiased"],
     "train": ["step", "quantity", "value", "phase"],
@@ -48,7 +48,15 @@ def test_run_end_to_end(tmp_path: Path) -> None:
     assert (sums - 1).abs().max() < 1e-9
     pruning = read_table(run, "pruning")
     assert set(pruning.set) == {"labeled", "unlabeled"} and (pruning.kept <= pruning.total).all()
-    for name in ("recall", "baseline_prior"):
+    # the main job records the grouped decomposition every 10 steps at one test image per class and
+    # the two baseline images (their own statistics), and draws its figures beside the others
+    obs = read_table(run, "observations")
+    assert obs.kind.value_counts().to_dict() == {"test": 10, "baseline": 2}
+    assert set(obs[obs.kind == "baseline"].norm) == {"own"}
+    dynamics = read_table(run, "dynamics")
+    assert sorted(dynamics.step.unique()) == [10, 20, 30]
+    assert {"kg", "gd_logp", "update_logp", "measured", "bn_drift", "residual"} == set(dynamics.quantity)
+    for name in ("recall", "baseline_prior", "step_dynamics", "bias_accumulation", "realised"):
         for suffix in (".pdf", ".png"):
             assert (run / "figures" / f"{name}{suffix}").stat().st_size > 1000
 
@@ -79,7 +87,6 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
         "record.dynamics=true",
         "record.every=15",
         "record.tracked=2",
-        "record.per_sample_every=30",
     )
     full, killed = tmp_path / "full", tmp_path / "killed"
     cli("run", "--probe", "baseline", "--out", str(full), "-q", *args)

@@ -36,7 +36,7 @@ COMMON = [
 ]
 RUNS = {
     "dytrim": ("digits-dytrim", ["methods.cdmad.start_step=2", "methods.dytrim.prior_start_step=2"]),
-    "la": ("digits-fixmatch", ["methods=logit_adjust", "record.realised=false"]),
+    "la": ("digits-fixmatch", ["methods=logit_adjust", "probe.baseline=false"]),
 }
 # figure -> (axis index, attribute, text it must contain)
 LABELS = {
@@ -92,7 +92,7 @@ def test_figure_content(runs: dict[str, Path]) -> None:
 
 def test_available_lists_only_present_tables(runs: dict[str, Path], tmp_path: Path) -> None:
     assert available(runs["dytrim"]) == list(FIGURES)
-    assert "realised" not in available(runs["la"])  # record.realised=false
+    assert "baseline_prior" not in available(runs["la"])  # probe.baseline=false
     bare = tmp_path / "bare"
     bare.mkdir()
     write_json_atomic(bare / "run.json", {"status": "running", "config": {}})
@@ -102,14 +102,66 @@ def test_available_lists_only_present_tables(runs: dict[str, Path], tmp_path: Pa
     assert available(bare) == ["recall"]
 
 
-def test_split_of_a_step_sums_to_the_total(runs: dict[str, Path]) -> None:
-    """Supervised + consistency (correct, incorrect) per target class equals the one-JVP total."""
+def test_step_figure_shows_the_update_share_and_the_measured_change(runs: dict[str, Path]) -> None:
+    """By default the step figure draws update_logp (each group's share of the Adam update, its
+    carry and decay as their own splits) next to the measured change, and says so; gd_logp is one
+    option away."""
+    fig = FIGURES["step_dynamics"]([runs["dytrim"]])
+    assert "update_logp" in fig.axes[0].get_ylabel() and "update_logp" in fig.texts[0].get_text()
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert {"momentum carry", "post-step decay", "measured − BN drift", "supervised"} <= set(labels)
+    gd = FIGURES["step_dynamics"]([runs["dytrim"]], quantity="gd_logp")
+    assert (
+        "gd_logp" in gd.axes[0].get_ylabel()
+        and "momentum carry" not in gd.axes[0].get_legend_handles_labels()[1]
+    )
+    for name in ("bias_accumulation", "unified"):
+        fig = FIGURES[name]([runs["dytrim"]])
+        assert "update_logp" in fig.texts[0].get_text(), name
+
+
+def test_split_of_a_step_sums_to_its_prediction(runs: dict[str, Path]) -> None:
+    """The splits of update_logp at a step add up with the drift and residual to the measured change."""
     frame = dynamics.contributions(runs["dytrim"])
     step = int(frame.step.max())
     split = dynamics.step_split(frame, step).set_index(["observation", "target_class"]).sum(axis=1)
-    total = dynamics.select(runs["dytrim"], "dynamics", f"quantity = 'pred_logp_total' AND step = {step}")
-    total = total.set_index(["observation", "target_class"]).value.reindex(split.index)
-    assert (split - total).abs().max() <= 1e-5 * max(total.abs().max(), 1e-6)
+    rest = sum(
+        dynamics.quantity_rows(runs["dytrim"], q, f"step = {step}")
+        .set_index(["observation", "target_class"])
+        .value
+        for q in ("bn_drift", "residual")
+    )
+    measured = dynamics.quantity_rows(runs["dytrim"], "measured", f"step = {step}")
+    measured = measured.set_index(["observation", "target_class"]).value.reindex(split.index)
+    assert (split + rest.reindex(split.index) - measured).abs().max() <= 1e-5
+
+
+def test_first_schema_runs_are_read_under_the_new_names(tmp_path: Path) -> None:
+    """A run written by the first table schema (pred_logp; the split in a realised table)."""
+    run = tmp_path / "old"
+    run.mkdir()
+    write_json_atomic(run / "run.json", {"status": "finished", "config": {}})
+    sink = ParquetSink(run)
+    key = dict(step=10, observation=0, target_class=1, correct=None, status=None)
+    sink.add("observations", [dict(step=0, observation=0, kind="test", true_label=1, dataset_index=3)])
+    sink.add(
+        "dynamics",
+        [
+            dict(**key, term="sup", source_class=1, quantity="pred_logp", value=0.5),
+            dict(**key, term=None, source_class=None, quantity="pred_logp_total", value=0.5),
+        ],
+    )
+    sink.add(
+        "realised",
+        [
+            dict(**key, term="sup", source_class=1, part="group", quantity="pred_logp", value=2.0),
+            dict(**key, term=None, source_class=None, part="post_decay", quantity="pred_logp", value=-0.1),
+        ],
+    )
+    sink.flush()
+    assert dynamics.contributions(run, "gd_logp").value.tolist() == [0.5]
+    upd = dynamics.contributions(run)
+    assert sorted(upd.part) == ["group", "post_step"] and upd.value.sum() == pytest.approx(1.9)
 
 
 def test_coupling_is_its_own_split_not_an_unknown_pseudo_label(runs: dict[str, Path]) -> None:
@@ -166,7 +218,7 @@ def test_report_names_an_unreadable_part_and_writes_the_rest(runs: dict[str, Pat
     with pytest.warns(UserWarning, match=bad.name):
         report = write_report([broken], tmp_path / "out")
     assert any(s.startswith("step_dynamics") for s in report.skipped)
-    assert (tmp_path / "out" / "broken" / "baseline_prior.png").exists()
+    assert (tmp_path / "out" / "broken" / "pruning.png").exists()
     text = (tmp_path / "out" / "report.md").read_text()
     assert bad.name in text and "Not drawn" in text
 

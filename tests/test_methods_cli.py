@@ -22,7 +22,6 @@ SHORT = (
     "train.checkpoint_every=6",
     "train.log_every=1",
     "record.every=4",
-    "record.realised=false",
 )
 # the terms each preset's steps train, as the train and dynamics tables name them (the -cdmad presets are
 # covered by the -dytrim ones, which add DyTrim on top of CDMAD, and by test_methods_more's composition tests)
@@ -82,8 +81,7 @@ def test_bmb_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
         "train.eval_every=10",
         "train.checkpoint_every=10",
         "record.every=10",
-        "record.realised=false",
-        "methods.bmb.tau=0.2",
+            "methods.bmb.tau=0.2",
         "methods.bmb.warmup=0.1",
     )
     base = ["run", "-p", "digits-bmb", "--record", "dynamics", "-q", "--no-plot", *args]

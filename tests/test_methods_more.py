@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from lddyn.config import load_config
 from lddyn.data.samplers import Batch
-from lddyn.dynamics.decompose import decompose_step
-from lddyn.dynamics.groups import group_gradients
+from lddyn.dynamics import ObservationSet, Recorder, StepRecord
 from lddyn.losses import LossTerm, total_loss
 from lddyn.methods.alternate import SEMI, AlternateConfig, phase_plan
 from lddyn.methods.bank import BalancedBank, CountEstimate, Drawn, relative_weights
@@ -37,9 +36,35 @@ def expected_G(term: LossTerm, weight: torch.Tensor, targets: torch.Tensor) -> t
     return weight[:, None] * (probs - targets) / term.norm
 
 
-def observation_split(tr: Trainer, terms: list[LossTerm]):  # noqa: ANN201
+def recorded_step(tr: Trainer, step: int, probe=None) -> tuple[StepRecord, object, list[LossTerm]]:  # noqa: ANN001
+    """One trainer step recorded through the public Recorder at six test images, by term;
+    ``probe(terms)`` runs inside the step, before the backward."""
     x_obs = tr.aug.normalize(tr.data.x_test[:6])
-    return decompose_step(tr.model, terms, x_obs, 0.01, by=("term",)), x_obs
+    rec = Recorder(tr.model, tr.optimizer, [ObservationSet("test", x_obs)], by=("term",))
+    tr.model.train()
+    with rec.step(step) as s:
+        ctx = tr.context(step)
+        terms = tr.step_terms(ctx)
+        for t in terms:
+            s.term(t.name, logits=t.logits, losses=t.per_sample())
+        if probe is not None:
+            probe(terms)
+        tr.optimizer.zero_grad()
+        total_loss(terms).backward()
+        tr.optimizer.step()
+    return s, ctx, terms
+
+
+def logit_grads(terms: list[LossTerm]) -> dict[str, torch.Tensor]:
+    """G = ∂L_t/∂z_t of every term from autograd (what the recorder reads), graph kept."""
+    return {t.name: torch.autograd.grad(t.loss(), t.logits, retain_graph=True)[0] for t in terms}
+
+
+def reached(model: torch.nn.Module, loss: torch.Tensor) -> set[str]:
+    """The parameters a loss's graph reaches."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
+    return {n for n, g in zip(named, grads, strict=True) if g is not None}
 
 
 # --- the memory bank ---------------------------------------------------------------------------------
@@ -137,44 +162,58 @@ def test_bmb_terms_and_weights_through_the_recorder(bmb_step) -> None:  # noqa: 
     names = [t.name for t in terms]
     assert names == ["sup", "unsup", "sup_aux", "unsup_aux", "mem"]
     assert len(names) == 2 + bmb.extra_terms  # what the recorder's row estimate counts
-    dec, _ = observation_split(tr, terms)
-    assert [g[0] for g in dec.groups] == sorted(names)
-    torch.testing.assert_close(dec.kg.sum(0), dec.kg_total, atol=1e-6, rtol=1e-4)
+    G = logit_grads(terms)
     t = {term.name: term for term in terms}
     counts = tr.info.lb_counts.double()
     y = t["sup"].source_class
     w = ((counts.min() / counts) ** 1.5)[y].float()
-    torch.testing.assert_close(dec.G["sup_aux"], expected_G(t["sup_aux"], w, F.one_hot(y, 10).float()))
+    torch.testing.assert_close(G["sup_aux"], expected_G(t["sup_aux"], w, F.one_hot(y, 10).float()))
     q_a = torch.softmax(ctx.outputs["weak"]["aux_logits"], -1)
     conf, pseudo = q_a.max(-1)
     est = torch.tensor([9, 7, 5, 4, 3, 3, 2, 1, 1, 1]).double()
     v = ((est.min() / est) ** 1.5)[pseudo].float() * (conf >= 0.138).float()
     assert 0 < (conf >= 0.138).sum() < len(conf)  # the mask is exercised both ways
-    torch.testing.assert_close(dec.G["unsup_aux"], expected_G(t["unsup_aux"], v.repeat(2), q_a.repeat(2, 1)))
+    torch.testing.assert_close(G["unsup_aux"], expected_G(t["unsup_aux"], v.repeat(2), q_a.repeat(2, 1)))
     q_b = torch.softmax(ctx.outputs["weak"]["base_logits"], -1)
     m_b = (q_b.max(-1).values >= 0.138).float().repeat(2)
     target_b = F.one_hot(q_b.argmax(-1), 10).float().repeat(2, 1)
-    torch.testing.assert_close(dec.G["unsup"], expected_G(t["unsup"], m_b, target_b))
+    torch.testing.assert_close(G["unsup"], expected_G(t["unsup"], m_b, target_b))
     assert t["unsup_aux"].norm == t["unsup"].norm == 2 * len(conf)
     mem = t["mem"]
     assert mem.norm == 32 and len(mem.source_class) == 32
     target = F.one_hot(mem.source_class, 10).float()
-    torch.testing.assert_close(dec.G["mem"], expected_G(mem, torch.full((32,), 0.25), target))
+    torch.testing.assert_close(G["mem"], expected_G(mem, torch.full((32,), 0.25), target))
 
 
 def test_bmb_memory_term_reaches_only_the_auxiliary_head(bmb_step) -> None:  # noqa: ANN001
     tr, bmb, ctx, terms = bmb_step
     mem = next(t for t in terms if t.name == "mem")
-    grads = group_gradients(tr.model, [mem], by=("term",), with_total=False).grads[0]
-    reached = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
-    assert reached == {"heads.aux.weight", "heads.aux.bias"}
-    # its contribution at the observations is the head-only update: feat_o . dW^T + db
-    dec, x_obs = observation_split(tr, terms)
+    assert reached(tr.model, mem.loss()) == {"heads.aux.weight", "heads.aux.bias"}
+
+
+def test_bmb_memory_term_through_the_recorder(tmp_path: Path) -> None:
+    """Recorded through the public Recorder, the memory term (a head on stored features, no
+    forward row) pushes the observations by the head-only update: feat_o · dWᵀ + db."""
+    tr = make_trainer(tmp_path, "digits-bmb", "methods.bmb.warmup=0.1", "methods.bmb.tau=0.138")
+    labels = torch.arange(10).repeat(5)
+    tr.methods[0].bank.enqueue(
+        Drawn(torch.randn(50, tr.model.feat_dim), labels, labels, labels), torch.Generator()
+    )
+    x_obs = tr.aug.normalize(tr.data.x_test[:6])
     with torch.no_grad():
         tr.model.eval()
         feat = tr.model(x_obs)["feat"]
-    kg_mem = dec.kg[[g[0] for g in dec.groups].index("mem")]
-    torch.testing.assert_close(kg_mem, feat @ grads["heads.aux.weight"].T + grads["heads.aux.bias"])
+    head, grads = tr.model.heads.aux, []
+
+    def head_grads(terms: list[LossTerm]) -> None:
+        mem = next(t for t in terms if t.name == "mem")
+        grads.extend(torch.autograd.grad(mem.loss(), [head.weight, head.bias], retain_graph=True))
+
+    s, _, _ = recorded_step(tr, 10, head_grads)
+    g_w, g_b = grads
+    kg = {m["term"]: v for v, m in zip(*s.results["test"]["kg"], strict=True)}
+    torch.testing.assert_close(kg["mem"], feat @ g_w.T + g_b, rtol=1e-4, atol=1e-6)
+    assert {"sup", "unsup", "sup_aux", "unsup_aux", "mem", "bn_coupling"} == set(kg)
 
 
 def test_bmb_warmup_trains_supervised_terms_only_and_predicts_from_the_aux_head(tmp_path: Path) -> None:
@@ -300,9 +339,7 @@ def test_freematch_fairness_term_has_the_batch_value_and_gradient(tmp_path: Path
     direct = 0.001 * fairness(p.mean(0), h_bar, free.p_model.to(p), free.label_hist.to(p))
     torch.testing.assert_close(fair.loss(), direct)
     (g_direct,) = torch.autograd.grad(direct, z, retain_graph=True)
-    dec, _ = observation_split(tr, terms)
-    torch.testing.assert_close(dec.G["fair"], g_direct)
-    torch.testing.assert_close(dec.kg.sum(0), dec.kg_total, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(logit_grads(terms)["fair"], g_direct)
 
 
 # --- alternate sampling ------------------------------------------------------------------------------
@@ -337,8 +374,7 @@ def test_alternate_classifier_phase_trains_only_the_balanced_head(tmp_path: Path
     after = tr.model.state_dict()
     for k, v in body.items():  # encoder, base head and BatchNorm statistics untouched
         assert torch.equal(after[k], v), k
-    reached = group_gradients(tr.model, tr.step_terms(tr.context(step)), with_total=False).grads
-    names = {n for g in reached for n, v in g.items() if v is not None}
+    names = reached(tr.model, total_loss(tr.step_terms(tr.context(step))))
     assert names == {"heads.balanced.weight", "heads.balanced.bias"}
 
 
@@ -364,17 +400,16 @@ def test_alternate_semi_phase_labels_and_temporal_targets(tmp_path: Path) -> Non
     ulb = ctx.ulb.index
     assert torch.equal(t["pseudo"].source_class, alt.pseudo[ulb])
     torch.testing.assert_close(t["temporal_ulb"].targets, alt.previous[len(tr.data.y_lb) + ulb])
-    dec, _ = observation_split(tr, terms)
+    G = logit_grads(terms)
     torch.testing.assert_close(
-        dec.G["temporal_ulb"], expected_G(t["temporal_ulb"], torch.ones(32), t["temporal_ulb"].targets)
+        G["temporal_ulb"], expected_G(t["temporal_ulb"], torch.ones(32), t["temporal_ulb"].targets)
     )
     torch.testing.assert_close(
-        dec.G["pseudo"], expected_G(t["pseudo"], torch.ones(32), F.one_hot(alt.pseudo[ulb], 10).float())
+        G["pseudo"], expected_G(t["pseudo"], torch.ones(32), F.one_hot(alt.pseudo[ulb], 10).float())
     )
     # gradient to f and g' only: g (the balanced head) is not reached in stage 2
-    grads = group_gradients(tr.model, terms, with_total=False).grads
-    assert all(g["heads.balanced.weight"] is None for g in grads)
-    assert any(g["base.head.weight"] is not None for g in grads)
+    names = reached(tr.model, total_loss(terms))
+    assert "heads.balanced.weight" not in names and "base.head.weight" in names
     loss = total_loss(terms)
     loss.backward()
     tr.optimizer.step()
@@ -423,10 +458,10 @@ def test_flexmatch_consistency_weights_through_the_recorder(tmp_path: Path) -> N
     conf, pseudo = ctx.probs.max(-1)
     mask = (conf >= (0.95 * flex.status / (2 - flex.status))[pseudo]).float()
     assert 0 < mask.sum() < len(mask)
-    dec, _ = observation_split(tr, terms)
+    G = logit_grads(terms)
     unsup = terms[1]
     target = F.one_hot(pseudo, 10).float().repeat(2, 1)
-    torch.testing.assert_close(dec.G["unsup"], expected_G(unsup, mask.repeat(2), target))
+    torch.testing.assert_close(G["unsup"], expected_G(unsup, mask.repeat(2), target))
 
 
 @pytest.mark.parametrize(

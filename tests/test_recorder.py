@@ -1,4 +1,4 @@
-"""The dynamics recorder on a short digits run: rows match the configuration, tables add up."""
+"""The recorder on short digits runs through lddyn's trainer: rows as configured, parts that add up."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from lddyn.config import load_config
-from lddyn.dynamics.recorder import estimate_rows, is_recorded, spread_over_classes
+from lddyn.config import build_config, load_config
 from lddyn.sinks.parquet import read_table
+from lddyn.train.callbacks.dynamics import estimate_rows, is_recorded, spread_over_classes
 from lddyn.train.run import start_run
+
+COORDS = ["step", "observation", "target_class"]
+OBS = 2 * 10 + 2 + 2 * 3  # test images, baseline colours, tracked labeled + unlabeled
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +24,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             "train.steps=12",
             "train.threads=1",
-            "record.dynamics=true",
             "record.every=5",
             "record.dense_until=2",
             "record.obs_per_class=2",
             "record.tracked=3",
-            "record.per_sample_every=5",
             "probe.colors=[0.0, 1.0]",
             "methods.cdmad.start_step=3",
             "methods.dytrim.prior_start_step=3",
@@ -38,10 +39,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exact_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(
-        "digits-dytrim",
-        ["train.steps=2", "train.threads=1", "record.dynamics=true", "record.every=1", "record.groups=exact"],
+        "digits-dytrim", ["train.steps=2", "train.threads=1", "record.every=1", "record.groups=exact"]
     )
     return start_run(cfg, tmp_path_factory.mktemp("rec_exact") / "run", progress=False)
+
+
+def test_the_digits_default_records_the_dynamics() -> None:
+    cfg = load_config("digits-dytrim").record
+    assert cfg.dynamics and cfg.every == 10 and cfg.obs_per_class == 1 and cfg.baseline_norm == "own"
 
 
 def test_schedule() -> None:
@@ -54,72 +59,69 @@ def test_spread_over_classes_round_robin() -> None:
     assert spread_over_classes(labels, 4).tolist() == [0, 2, 3, 1]
 
 
+def test_old_run_configs_with_retired_record_keys_still_load() -> None:
+    raw = load_config("digits-dytrim").to_dict()
+    raw["record"] |= {"realised": True, "per_sample_every": 5}
+    assert build_config(raw).record == load_config("digits-dytrim").record
+
+
 def test_observations_table(run: Path) -> None:
     obs = read_table(run, "observations")
-    assert len(obs) == 2 * 10 + 2 + 2 * 3  # test images, baseline colours, tracked labeled + unlabeled
+    assert len(obs) == OBS
     assert obs.kind.value_counts().to_dict() == {"test": 20, "labeled": 3, "unlabeled": 3, "baseline": 2}
     assert (obs.step == 0).all() and obs.observation.tolist() == list(range(len(obs)))
     assert obs[obs.kind == "test"].true_label.value_counts().eq(2).all()
+    assert obs.set_index("kind").norm.to_dict() == {
+        "test": "running",
+        "baseline": "own",
+        "labeled": "running",
+        "unlabeled": "running",
+    }
 
 
-def test_dynamics_rows_and_group_sums(run: Path) -> None:
+def test_dynamics_rows_as_configured(run: Path) -> None:
     dyn = read_table(run, "dynamics")
     assert sorted(dyn.step.unique()) == [1, 2, 5, 10]
-    coords = ["step", "observation", "target_class"]
     kg = dyn[dyn.quantity == "kg"]
     groups = kg.groupby("step")[["term", "source_class", "correct", "status"]].apply(
         lambda g: len(g.drop_duplicates())
     )
-    per_step = kg.groupby("step").size()
-    assert (per_step == groups * 28 * 10).all()  # groups x observations x target classes
-    summed = kg.groupby(coords).value.sum()
-    total = dyn[dyn.quantity == "kg_total"].set_index(coords).value
-    np.testing.assert_allclose(summed.loc[total.index], total, rtol=1e-4, atol=1e-5)
-    # the default decoupled mode: every row says so, and the batch-statistics coupling is a group
-    assert set(dyn.grad_mode) == {"decoupled"}
+    assert (kg.groupby("step").size() == groups * OBS * 10).all()  # groups x observations x classes
+    for q in ("measured", "bn_drift", "residual"):
+        assert dyn[dyn.quantity == q].groupby("step").size().eq(OBS * 10).all()
     coupling = kg[kg.term == "bn_coupling"]
-    assert coupling.groupby("step").size().eq(28 * 10).all() and coupling.source_class.isna().all()
-    assert coupling.value.abs().max() > 0
+    assert coupling.groupby("step").size().eq(OBS * 10).all() and coupling.source_class.isna().all()
+    assert set(dyn.grad_mode) == {"decoupled"} and set(dyn.phase) == {"main"}
+
+
+def test_update_parts_measured_drift_and_residual_add_up(run: Path) -> None:
+    """residual is measured − Σ update_logp − bn_drift, and small against the step's change; the
+    baseline images (own statistics) have no drift."""
+    dyn = read_table(run, "dynamics").merge(
+        read_table(run, "observations")[["observation", "kind"]], on="observation"
+    )
+    parts = dyn[dyn.quantity == "update_logp"].groupby(COORDS).value.sum()
+    other = {q: dyn[dyn.quantity == q].set_index(COORDS).value for q in ("measured", "bn_drift", "residual")}
+    np.testing.assert_allclose(parts + other["bn_drift"] + other["residual"], other["measured"], atol=1e-5)
+    assert {"group", "carry", "post_step"} <= set(dyn[dyn.quantity == "update_logp"].part.dropna())
+    base = dyn[(dyn.kind == "baseline") & (dyn.quantity == "bn_drift")]
+    assert base.value.abs().max() == 0
+    late = dyn[(dyn.step == 10) & (dyn.kind == "baseline")]
+    residual, measured = (late[late.quantity == q].value.abs().sum() for q in ("residual", "measured"))
+    assert residual < 0.2 * measured
 
 
 def test_row_estimate_bounds_the_rows_written(run: Path) -> None:
     """The printed estimate is an upper bound per recorded step, and not a loose one."""
-    cfg = load_config("digits-dytrim", ["record.realised=false"]).record
-    bound = estimate_rows(cfg, 28, 10, terms=2)
-    dyn = read_table(run, "dynamics")
-    per_step = dyn.groupby("step").size()
+    cfg = load_config("digits-dytrim").record
+    bound = estimate_rows(cfg, OBS, 10, terms=2)
+    per_step = read_table(run, "dynamics").groupby("step").size()
     assert (per_step <= bound).all() and per_step.max() >= bound / 4
-    with_realised = estimate_rows(load_config("digits-dytrim").record, 28, 10, terms=2)
-    both = per_step + read_table(run, "realised").groupby("step").size()
-    assert (both <= with_realised).all()
-    exact = load_config("digits-dytrim", ["record.realised=false", "record.groups=exact"]).record
-    assert bound - estimate_rows(exact, 28, 10, terms=2) == 2 * 28 * 10  # the coupling's kg and logp
+    exact = load_config("digits-dytrim", ["record.groups=exact"]).record
+    assert bound - estimate_rows(exact, OBS, 10, terms=2) == 3 * OBS * 10  # the coupling: kg, gd, update
 
 
 def test_exact_mode_is_recorded_as_such(exact_run: Path) -> None:
     dyn = read_table(exact_run, "dynamics")
     assert sorted(dyn.step.unique()) == [1, 2] and set(dyn.grad_mode) == {"exact"}
     assert "bn_coupling" not in set(dyn.term.dropna())
-    kg = dyn[dyn.quantity == "kg"]
-    summed = kg.groupby(["step", "observation", "target_class"]).value.sum()
-    total = dyn[dyn.quantity == "kg_total"].set_index(["step", "observation", "target_class"]).value
-    np.testing.assert_allclose(summed.loc[total.index], total, rtol=1e-4, atol=1e-5)
-    assert set(read_table(exact_run, "realised").grad_mode) == {"exact"}
-
-
-def test_realised_parts_add_up(run: Path) -> None:
-    rea = read_table(run, "realised")
-    coords = ["step", "observation", "target_class"]
-    parts = rea[rea.quantity == "pred_logp"].groupby(coords).value.sum()
-    other = {q: rea[rea.quantity == q].set_index(coords).value for q in ("measured", "bn_drift", "residual")}
-    np.testing.assert_allclose(parts + other["bn_drift"] + other["residual"], other["measured"], atol=1e-5)
-    assert {"group", "carry", "post_decay"} <= set(rea.part.dropna())
-    assert "bn_coupling" in set(rea[rea.part == "group"].term) and set(rea.grad_mode) == {"decoupled"}
-
-
-def test_tracked_samples_when_in_batch(run: Path) -> None:
-    samples = read_table(run, "dynamics_samples")
-    assert not samples.empty  # seeded run: tracked samples are drawn at steps 5 and 10
-    assert set(samples.step) <= {5, 10}
-    assert set(samples.quantity) <= {"kg_exact", "kg_entk"}
-    assert samples.groupby(["step", "term", "index", "quantity"]).size().eq(28 * 10).all()

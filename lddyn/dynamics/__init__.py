@@ -1,30 +1,30 @@
-"""Learning dynamics: eNTK implementations, one-step decompositions, the realised-update split.
+"""Learning dynamics: the recorder of training steps, observation sets, the empirical NTK.
 
-Pure functions over (model, parameters, buffers, inputs): nothing here trains, writes ``.grad``
-or updates buffers. Observation-side quantities use normalisation layers in eval mode.
+``Recorder`` attaches to any PyTorch training loop (docs/own-loop.md); ``empirical_ntk`` computes
+K(x1, x2) = J1 J2ᵀ. Nothing here trains; the recorder leaves the model as it found it.
 """
 
-from lddyn.dynamics.decompose import StepDecomposition, TrackedSamples, decompose_step
 from lddyn.dynamics.entk import NTKImpl, empirical_ntk, entk_fn, explain_ntk
-from lddyn.dynamics.groups import GROUP_KEYS, GroupGradients, group_gradients
-from lddyn.dynamics.realised import RealisedStep, UpdatePrediction, predict_update, realised_step
+from lddyn.dynamics.groups import COUPLING_TERM, DECOUPLED, EXACT, GROUP_KEYS
+from lddyn.dynamics.observations import ObservationJacobian, ObservationSet, observed_logits
+from lddyn.dynamics.recorder import GradientCheckError, Recorder, StepRecord
 from lddyn.dynamics.structured import NTKPlan, Route
 
 __all__ = [
+    "COUPLING_TERM",
+    "DECOUPLED",
+    "EXACT",
     "GROUP_KEYS",
-    "GroupGradients",
+    "GradientCheckError",
     "NTKImpl",
     "NTKPlan",
-    "RealisedStep",
+    "ObservationJacobian",
+    "ObservationSet",
+    "Recorder",
     "Route",
-    "StepDecomposition",
-    "TrackedSamples",
-    "UpdatePrediction",
-    "decompose_step",
+    "StepRecord",
     "empirical_ntk",
     "entk_fn",
     "explain_ntk",
-    "group_gradients",
-    "predict_update",
-    "realised_step",
+    "observed_logits",
 ]

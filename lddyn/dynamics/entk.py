@@ -17,12 +17,10 @@ Chunking: features are built for chunks of x1 and x2 sized by ``memory_budget_mb
 feature bytes per sample; the output and the model's own activations are not counted), in the
 order that rebuilds the fewest samples (``contract.block_plan``).
 
-.. warning:: The kernel is evaluated with normalisation layers in **eval mode**. A BatchNorm
-   model in train mode normalises by batch statistics, which couples samples and updates the
-   running buffers; the per-sample kernel here uses the *running statistics* instead, whatever
-   the model's mode, and never writes a buffer. It therefore differs from the Jacobian of a
-   train-mode forward; ``lddyn.dynamics.decompose`` reports that gap. Other layers keep the
-   model's mode, so put a model with dropout in eval mode first (the kernel would be random).
+.. warning:: The kernel is the one of the model in **eval mode** (dropout off), BatchNorm
+   normalising by its *running statistics* (``norms.RUNNING``), whatever the model's mode; no
+   buffer is written. A BatchNorm model in train mode normalises by batch statistics, which
+   couples samples: the kernel here is not the Jacobian of that train-mode forward.
 """
 
 from __future__ import annotations
@@ -38,7 +36,8 @@ from torch.func import jvp, vjp, vmap
 from lddyn.dynamics import layerwise as lw
 from lddyn.dynamics import structured as st
 from lddyn.dynamics.contract import Features, block_plan, blockwise, contract
-from lddyn.dynamics.functional import Params, frozen_state, logits_fn, norm_eval, trainable_params
+from lddyn.dynamics.functional import Params, frozen_state, logits_fn, trainable_params
+from lddyn.dynamics.norms import RUNNING, observing
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def explain_ntk(
     """
     params = trainable_params(model) if params is None else params
     plan = st.build_plan(model, params, frozen_state(model), x)
-    with torch.no_grad(), norm_eval(model):
+    with torch.no_grad(), observing(model, RUNNING):
         c = logits_fn(model)(params, x[:1]).shape[-1]
     st.choose_routes(plan, model, len(x), n2 or len(x), c, trace)
     chosen = _resolve(_as_impl(impl), plan)
@@ -108,7 +107,7 @@ def empirical_ntk(
     """eNTK between x1 and x2 (x2 = x1 when omitted): (N1, N2, C, C), or (N1, N2) if ``trace``.
 
     Evaluated at ``params`` (default: the model's trainable parameters) and the model's current
-    buffers, with normalisation layers in eval mode (see the module warning); the model's
+    buffers, in eval mode with running statistics (see the module warning); the model's
     buffers and modes are left exactly as they were. Work is chunked over N1 and N2 so that the
     per-sample features stay under ``memory_budget_mb`` (the output itself is not counted).
     """
@@ -146,7 +145,7 @@ def entk_fn(
 
 
 def _num_classes(model: nn.Module, params: Params, state: Params, x: Tensor) -> int:
-    with torch.no_grad(), norm_eval(model):
+    with torch.no_grad(), observing(model, RUNNING):
         return logits_fn(model, state)(params, x[:1]).shape[-1]
 
 
@@ -207,7 +206,7 @@ def _ntk_vp(
     p_bytes = sum(p.numel() for p in params.values()) * next(iter(params.values())).element_size()
     c1 = max(1, min(len(x1), int(budget / 2 // (3 * c * p_bytes))))
     rows = []
-    with norm_eval(model):
+    with observing(model, RUNNING):
         for i in range(0, len(x1), c1):
             rows.append(_ntk_vp_rows(f, params, x1[i : i + c1], x2, c, trace, c1))
     return torch.cat(rows)

@@ -1,229 +1,254 @@
-"""Group the samples of a step's loss terms, and take one gradient per group.
+"""Split a step's gradient into groups of samples: ∇θ L = Σ_g ∇θ L_g (+ the BatchNorm coupling).
 
-A group is the set of samples sharing the selected keys: the loss term's name, the source class
-(true label, or pseudo-label for unlabeled samples), pseudo-label correctness (1/0/-1) and the
-pruning status (kept/rescaled/pruned). The groups partition the samples, so Σ_g L_g = L and
-Σ_g ∇θ L_g = ∇θ L: each group's share of the step is exact, not an approximation.
+A group is the set of samples sharing the selected keys (the term's name and any per-sample
+columns: source class, pseudo-label correctness, pruning status, ...). The groups partition the
+samples, so each group's share of the step is exact, not an approximation.
+
+BatchNorm's batch statistics couple the samples of a training batch. *Decoupled* group gradients
+hold them at the batch's values: each sample's gradient then depends on that sample alone, and one
+backward seeded with the per-sample logit gradients G (``capture.DecoupledBatchNorm`` in its
+decoupled mode) gives every layer's output cotangent; a group's gradient is then, per layer, a
+product over the group's rows only (Linear δ_gᵀ a_g, Conv2d the weight gradient of the group's
+rows, norm affine Σ δ·x̂ and Σ δ). What flows through the statistics, ∇θ L − Σ_g ∇θ L_g^dec, is
+the coupling (term ``bn_coupling``). Parameters of other layers, and terms whose logits are not
+rows of the captured forwards, take one backward per group through the same decoupled graph
+(``group_backward``), which is also the *exact* route when the statistics are not held.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lddyn.dynamics.functional import Params
-from lddyn.losses import LossTerm
+from lddyn.dynamics.capture import ForwardCall, LayerCall, Switch
+from lddyn.dynamics.norms import fold, xhat
+from lddyn.dynamics.structured import structured_kind
 
+#: lddyn's grouping keys; a recorder accepts any per-sample column as a key.
 GROUP_KEYS = ("term", "source_class", "correct", "status")
-#: How group gradients are taken (``record.groups``): through the training graph, or decoupled.
-EXACT, DECOUPLED = "exact", "decoupled"
-#: Term name of the batch-statistics coupling part of a decoupled step (∇θ L − Σ_g ∇θ L_g^dec).
 COUPLING_TERM = "bn_coupling"
+EXACT, DECOUPLED = "exact", "decoupled"
 
 
-def check_keys(by: Sequence[str]) -> tuple[str, ...]:
-    """The grouping keys as a tuple, in the canonical order; unknown keys are an error."""
-    unknown = [k for k in by if k not in GROUP_KEYS]
-    if unknown:
-        raise ValueError(f"grouping keys {unknown} are not among {GROUP_KEYS}")
-    return tuple(k for k in GROUP_KEYS if k in by)
+@dataclass
+class Term:
+    """One registered loss term: per-sample losses of ``logits`` and the samples' columns."""
+
+    name: str
+    logits: Tensor  # (N, C) from the training forward
+    losses: Tensor  # (N,) summing to the term's share of the loss
+    columns: dict[str, np.ndarray]  # per-sample grouping values
+    G: Tensor  # (N, C) ∂(Σ losses)/∂logits, from autograd
+    inputs: Tensor | None = None
+    seen: list[Tensor] = field(default_factory=list)  # ∂L/∂logits as the trained loss delivered it
 
 
-def _columns(term: LossTerm) -> dict[str, list]:
-    n = len(term.source_class)
-    return {
-        "term": [term.name] * n,
-        "source_class": term.source_class.tolist(),
-        "correct": term.correct.tolist(),
-        "status": term.status.tolist(),
-    }
-
-
-def group_ids(terms: Sequence[LossTerm], by: Sequence[str]) -> tuple[list[tuple], list[Tensor]]:
-    """(sorted group keys, per term the (N_t,) group index of each sample)."""
-    by = check_keys(by)
+def group_ids(terms: Sequence[Term], by: Sequence[str]) -> tuple[list[tuple], list[Tensor]]:
+    """(sorted group keys, per term the (N_t,) group of each sample)."""
     rows = []
-    for term in terms:
-        cols = _columns(term)
-        rows.append(list(zip(*(cols[k] for k in by), strict=True)) if by else [()] * len(term.source_class))
-    keys = sorted({k for r in rows for k in r})
+    for t in terms:
+        cols = [np.full(len(t.G), t.name, dtype=object) if k == "term" else t.columns.get(k) for k in by]
+        cols = [np.full(len(t.G), None, dtype=object) if c is None else c for c in cols]
+        rows.append(
+            [tuple(v.item() if hasattr(v, "item") else v for v in r) for r in zip(*cols, strict=True)]
+        )
+    if not by:
+        rows = [[()] * len(t.G) for t in terms]
+    keys = sorted(
+        {k for r in rows for k in r}, key=lambda k: tuple((v is None, v if v is not None else 0) for v in k)
+    )
     index = {k: i for i, k in enumerate(keys)}
     return keys, [torch.tensor([index[k] for k in r], dtype=torch.long) for r in rows]
 
 
-@dataclass
-class GroupGradients:
-    """Per-group parameter gradients ∇θ L_g of one step, plus the per-sample logit gradients.
+def locate(logits: Tensor, calls: Sequence[ForwardCall]) -> list[tuple[int, Tensor, Tensor]] | None:
+    """Where each row of ``logits`` was computed: [(call, term rows, call rows)], or None.
 
-    ``stacked[name]`` is (num_groups, *shape): every group's gradient of one parameter, None
-    where no group reaches it. Kept stacked because every consumer (the observation products,
-    the optimiser split) works on all groups at once; ``grads`` gives per-group views.
-    ``logit_grads[t]`` is G_t = ∂L_t/∂z_t (N_t, C) of term t, read from autograd.
+    Seeds the rows with their own numbers and reads the gradient at the captured forwards'
+    outputs: a pure selection of rows (cat, split, indexing, adding a constant) delivers each
+    number intact to one output row; anything else (a transform, a head on stored features)
+    does not, and the term takes ``group_backward`` instead. Numbers are exact in every dtype
+    (low-precision dtypes take several passes of smaller digits).
     """
-
-    by: tuple[str, ...]
-    keys: list[tuple]  # one key tuple per group, values in ``by`` order
-    ids: list[Tensor]  # per term: (N_t,) group of each sample
-    stacked: dict[str, Tensor | None]
-    logit_grads: list[Tensor]  # per term: (N_t, C)
-    sizes: Tensor  # (num_groups,) samples per group
-    total_direct: dict[str, Tensor | None] | None = None  # ∇θ L from its own backward, if taken
-    mode: str = EXACT  # EXACT: through the training graph; DECOUPLED: batch statistics held constant
-    # DECOUPLED only: ∇θ L − Σ_g ∇θ L_g, the part through the batch statistics (set by ``set_total``)
-    coupling: dict[str, Tensor | None] | None = None
-    # optional (num_groups + 1, *shape) tensors whose first rows are ``stacked``: ``set_total``
-    # writes the coupling into the last row, so groups and coupling map to observations at once
-    buffers: dict[str, Tensor | None] | None = None
-
-    @property
-    def grads(self) -> list[dict[str, Tensor | None]]:
-        """Per group: parameter name -> gradient (a view into ``stacked``), None where unreached."""
-        return [
-            {n: None if s is None else s[g] for n, s in self.stacked.items()} for g in range(len(self.keys))
-        ]
-
-    def group_sum(self) -> dict[str, Tensor | None]:
-        """Σ_g ∇θ L_g (None where no group reaches a parameter)."""
-        return {n: None if s is None else s.sum(0) for n, s in self.stacked.items()}
-
-    def total(self) -> dict[str, Tensor | None]:
-        """∇θ L: the group sum, plus the coupling of a decoupled step once known."""
-        out = self.group_sum()
-        if self.coupling is None:
-            return out
-        for name, c in self.coupling.items():
-            if c is not None:
-                out[name] = c if out.get(name) is None else out[name] + c
-        return out
-
-    def set_total(self, total: dict[str, Tensor | None]) -> None:
-        """Record ∇θ L; for a decoupled step the coupling becomes ∇θ L − Σ_g ∇θ L_g^dec."""
-        self.total_direct = total
-        if self.mode == DECOUPLED:
-            summed = self.group_sum()
-            self.coupling = {
-                n: None if t is None else (t if summed.get(n) is None else t - summed[n])
-                for n, t in total.items()
-            }
-            spare = self.buffers or {}
-            for n, c in self.coupling.items():
-                if c is not None and spare.get(n) is not None:
-                    self.coupling[n] = spare[n][-1].copy_(c)
-
-    def directions(self) -> tuple[dict[str, Tensor | None], int]:
-        """(per parameter the stacked directions, K): the groups, then the coupling once set."""
-        g = len(self.keys)
-        if self.coupling is None:
-            return self.stacked, g
-        spare = self.buffers or {}
-        if all(c is None or spare.get(n) is not None for n, c in self.coupling.items()):
-            return spare, g + 1  # the coupling is already the last row
-        return stack_groups([*self.grads, self.coupling], list(self.stacked)), g + 1
-
-    def parts(self) -> tuple[list[tuple], list[dict[str, Tensor | None]]]:
-        """(meta dicts, gradients) of the groups, then the coupling part when there is one."""
-        meta = [dict(zip(self.by, key, strict=True)) for key in self.keys]
-        if self.coupling is None:
-            return meta, self.grads
-        return [*meta, {"term": COUPLING_TERM}], [*self.grads, self.coupling]
+    outs = [(k, o) for k, c in enumerate(calls) for o in c.outputs]
+    n = len(logits)
+    if not outs or n == 0:
+        return None
+    base = int(1 / torch.finfo(logits.dtype).eps)
+    ids = [torch.zeros(len(o), dtype=torch.long, device=o.device) for _, o in outs]
+    hit = [torch.zeros(len(o), dtype=torch.bool, device=o.device) for _, o in outs]
+    code, scale = torch.arange(n, device=logits.device), 1
+    while True:
+        digit = ((code // scale) % base + 1).to(logits.dtype)[:, None].expand_as(logits)
+        grads = torch.autograd.grad(logits, [o for _, o in outs], digit, retain_graph=True, allow_unused=True)
+        for j, g in enumerate(grads):
+            if g is None:
+                continue
+            col = g[:, 0]
+            if not (torch.equal(g, col[:, None].expand_as(g)) and torch.equal(col, col.round())):
+                return None
+            if not bool(((col >= 0) & (col <= base)).all()):
+                return None
+            hit[j] |= col > 0
+            ids[j] += (col.long() - 1).clamp(min=0) * scale
+        scale *= base
+        if scale >= n:
+            break
+    found = torch.cat([i[h] for i, h in zip(ids, hit, strict=True)]).cpu()
+    if len(found) != n or not torch.equal(found.sort().values, torch.arange(n)):
+        return None
+    return [
+        (outs[j][0], ids[j][hit[j]].cpu(), torch.nonzero(hit[j]).flatten().cpu())
+        for j in range(len(outs))
+        if hit[j].any()
+    ]
 
 
-def stack_groups(
-    dicts: Sequence[dict[str, Tensor | None]], names: Sequence[str] | None = None
-) -> dict[str, Tensor | None]:
-    """Per-part parameter dicts as (num_parts, *shape) per parameter: zeros for a part that misses a
-    parameter another part has, None where no part has it. ``names``: the keys of the result
-    (default: every parameter some part has)."""
-    if names is None:
-        names = list(dict.fromkeys(n for d in dicts for n, v in d.items() if v is not None))
-    out: dict[str, Tensor | None] = {}
-    for name in names:
-        vals = [d.get(name) for d in dicts]
-        like = next((v for v in vals if v is not None), None)
-        out[name] = (
-            None
-            if like is None
-            else torch.stack([torch.zeros_like(like) if v is None else v.to(like) for v in vals])
-        )
+def row_groups(
+    terms: Sequence[Term], ids: Sequence[Tensor], calls: Sequence[ForwardCall]
+) -> tuple[list[Tensor], list[bool]]:
+    """Per captured forward the group of each of its rows (-1: no term), and which terms were located."""
+    per_call = [torch.full((c.rows,), -1, dtype=torch.long) for c in calls]
+    mapped = []
+    for term, gid in zip(terms, ids, strict=True):
+        where = locate(term.logits, calls)
+        free = where is not None and all(bool((per_call[k][r] < 0).all()) for k, _, r in where)
+        for k, t_rows, c_rows in where if free else []:
+            per_call[k][c_rows] = gid[t_rows]
+        mapped.append(free)
+    return per_call, mapped
+
+
+def decoupled_sums(
+    terms: Sequence[Term],
+    ids: Sequence[Tensor],
+    num_groups: int,
+    calls: Sequence[ForwardCall],
+    switch: Switch,
+    named: dict[str, nn.Parameter],
+) -> tuple[dict[str, Tensor], list[bool], list[str]]:
+    """Σ_{b∈g} ∇θ ℓ_b^dec per parameter, stacked (G + 1, *shape) with a spare last row (the
+    coupling's), from one decoupled backward and per-layer sums; plus which terms were located
+    and the parameters left to ``group_backward`` (layers of other kinds, or called twice)."""
+    per_call, mapped = row_groups(terms, ids, calls)
+    live = [t for t, m in zip(terms, mapped, strict=True) if m]
+    stacked = {n: p.new_zeros(num_groups + 1, *p.shape) for n, p in named.items()}
+    done: set[str] = set()
+    if live:
+        layers = [(k, lc) for k, c in enumerate(calls) if bool((per_call[k] >= 0).any()) for lc in c.layers]
+        switch.decoupled = True
+        try:
+            cot = torch.autograd.grad(
+                [t.logits for t in live],
+                [lc.delta for _, lc in layers],
+                [t.G for t in live],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        finally:
+            switch.decoupled = False
+        by_module: dict[nn.Module, list] = {}
+        for (k, lc), d in zip(layers, cot, strict=True):
+            by_module.setdefault(lc.module, []).append((k, lc, d))
+        names = {id(p): n for n, p in named.items()}
+        for module, pieces in by_module.items():
+            own = {r: names[id(p)] for r, p in module.named_parameters(recurse=False) if id(p) in names}
+            if not _summable(module, pieces, calls):
+                continue
+            rows = [(lc, d, per_call[k].to(d.device)) for k, lc, d in pieces]
+            for role, value in _layer_sums(module, rows, num_groups + 1).items():
+                if role in own:
+                    stacked[own[role]] = value.reshape(num_groups + 1, *named[own[role]].shape)
+                    done.add(own[role])
+    return stacked, mapped, [n for n in named if n not in done]
+
+
+def _summable(module: nn.Module, pieces: list, calls: Sequence[ForwardCall]) -> bool:
+    """One call per forward, batch rows preserved, a cotangent, a kind the sums know."""
+    ks = [k for k, _, _ in pieces]
+    ok_rows = all(len(lc.input) == calls[k].rows for k, lc, _ in pieces)
+    return (
+        structured_kind(module) is not None
+        and len(set(ks)) == len(ks)
+        and ok_rows
+        and all(d is not None for _, _, d in pieces)
+    )
+
+
+def _layer_sums(m: nn.Module, rows: list[tuple[LayerCall, Tensor, Tensor]], size: int) -> dict[str, Tensor]:
+    """Per-group parameter gradients of one layer: role -> (size, *) sums over each group's rows."""
+    if structured_kind(m) == "norm":
+        per_row = [(lc.input, d, g) for lc, d, g in rows]
+        xh = [xhat(m, lc.input, lc.mode) for lc, _, _ in rows]
+        return {
+            "weight": _index_sum(
+                [(fold(m, d * x), g) for (_, d, g), x in zip(per_row, xh, strict=True)], size
+            ),
+            "bias": _index_sum([(fold(m, d), g) for _, d, g in per_row], size),
+        }
+    conv = isinstance(m, nn.Conv2d)
+    used = [(lc.input[g >= 0], d[g >= 0], g[g >= 0]) for lc, d, g in rows]
+    a, d, g = (torch.cat([u[i] for u in used]) for i in range(3))
+    order = torch.argsort(g, stable=True)
+    a, d, counts = a[order], d[order], torch.bincount(g, minlength=size).tolist()
+    weight = m.weight.new_zeros(size, *m.weight.shape)
+    for j, (ag, dg) in enumerate(zip(a.split(counts), d.split(counts), strict=True)):
+        if len(ag) and conv:
+            weight[j] = torch.nn.grad.conv2d_weight(ag, m.weight.shape, dg, m.stride, m.padding, m.dilation)
+        elif len(ag):
+            weight[j] = dg.reshape(-1, dg.shape[-1]).T @ ag.reshape(-1, ag.shape[-1])
+    out = {"weight": weight}
+    if m.bias is not None:
+        dims = tuple(range(2, d.dim())) if conv else tuple(range(1, d.dim() - 1))
+        out["bias"] = _index_sum([(dd.sum(dims) if dims else dd, gg) for _, dd, gg in used], size)
     return out
 
 
-def named_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+def _index_sum(values: list[tuple[Tensor, Tensor]], size: int) -> Tensor:
+    """(size, *) sums of per-row values by their group ids (rows with id -1 dropped)."""
+    first = values[0][0]
+    out = first.new_zeros(size, *first.shape[1:])
+    for v, g in values:
+        keep = g >= 0
+        out.index_add_(0, g[keep], v[keep])
+    return out
 
 
-def group_gradients(
-    model: nn.Module,
-    terms: Sequence[LossTerm],
-    by: Sequence[str] = GROUP_KEYS,
-    with_total: bool = True,
-    batched: bool = True,
-) -> GroupGradients:
-    """The gradient of each group loss through the live training graph (kept alive).
-
-    ``batched``: all groups in one vmapped backward (seeds = the groups' 0/1 sample masks over the
-    per-sample losses), which pays the per-op overhead once instead of once per group; it falls
-    back to one ``autograd.grad`` per group where an op has no batching rule.
-
-    Exact for the step actually taken: with BatchNorm in train mode the batch statistics
-    couple samples, and that coupling is part of each group's gradient. ``.grad`` is untouched.
-    ``with_total`` also takes ∇θ L by its own backward, an independent check of Σ_g ∇θ L_g.
-    """
-    keys, ids = group_ids(terms, by)
-    named = named_trainable(model)
-    ell = [t.per_sample() for t in terms]
-    logit_grads = [
-        torch.autograd.grad(e.sum(), t.logits, retain_graph=True)[0] for e, t in zip(ell, terms, strict=True)
-    ]
-    dev_ids = [i.to(e.device) for e, i in zip(ell, ids, strict=True)]
-    stacked = _batched_group_grads(ell, dev_ids, len(keys), named) if batched else None
-    if stacked is None:
-        grads = []
-        for g in range(len(keys)):
-            loss = sum(e[i == g].sum() for e, i in zip(ell, dev_ids, strict=True))
-            gr = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
-            grads.append(dict(zip(named, gr, strict=True)))
-        stacked = stack_groups(grads, list(named))
-    sizes = torch.bincount(torch.cat(ids), minlength=len(keys)) if ids else torch.zeros(0, dtype=torch.long)
-    total = None
-    if with_total:
-        gr = torch.autograd.grad(
-            sum(e.sum() for e in ell), list(named.values()), retain_graph=True, allow_unused=True
-        )
-        total = dict(zip(named, gr, strict=True))
-    return GroupGradients(check_keys(by), keys, ids, stacked, logit_grads, sizes, total)
-
-
-def _batched_group_grads(
-    ell: Sequence[Tensor], ids: Sequence[Tensor], num_groups: int, named: dict[str, nn.Parameter]
-) -> dict[str, Tensor | None] | None:
-    """Σ_{b in g} ∇θ ℓ_b for every group g at once, stacked (num_groups, *shape) per parameter, or
-    None if the batched backward is unsupported."""
-    if num_groups == 0:
-        return {n: None for n in named}
-    losses = torch.cat([e.reshape(-1) for e in ell])
-    group = torch.cat(list(ids)).to(losses.device)
-    seeds = (torch.arange(num_groups, device=losses.device)[:, None] == group[None, :]).to(losses.dtype)
+def group_backward(
+    terms: Sequence[Term],
+    ids: Sequence[Tensor],
+    num_groups: int,
+    named: dict[str, nn.Parameter],
+    switch: Switch,
+    decoupled: bool,
+) -> dict[str, Tensor]:
+    """One backward per group through the training graph (kept alive), (G + 1, *shape) per
+    parameter: batch statistics held when ``decoupled``, the exact coupled gradient otherwise."""
+    out = {n: p.new_zeros(num_groups + 1, *p.shape) for n, p in named.items()}
+    if not named:
+        return out
+    switch.decoupled = decoupled
     try:
-        gr = torch.autograd.grad(
-            losses, list(named.values()), seeds, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
-    except RuntimeError:
-        return None
-    return dict(zip(named, gr, strict=True))
-
-
-def live_total(model: nn.Module, terms: Sequence[LossTerm]) -> dict[str, Tensor | None]:
-    """∇θ L through the live training graph (retained), ``.grad`` untouched."""
-    named = named_trainable(model)
-    loss = sum(t.per_sample().sum() for t in terms)
-    grads = torch.autograd.grad(loss, list(named.values()), retain_graph=True, allow_unused=True)
-    return dict(zip(named, grads, strict=True))
-
-
-def as_tangent(grad: dict[str, Tensor | None], params: Params, scale: float = 1.0) -> Params:
-    """A full parameter-space tangent from a gradient dict (None -> zeros), times ``scale``."""
-    return {n: (torch.zeros_like(p) if grad.get(n) is None else scale * grad[n]) for n, p in params.items()}
+        for g in range(num_groups):
+            picked = [
+                (t, (i == g).to(t.G.device)) for t, i in zip(terms, ids, strict=True) if bool((i == g).any())
+            ]
+            if not picked:
+                continue
+            grads = torch.autograd.grad(
+                [t.logits for t, _ in picked],
+                list(named.values()),
+                [t.G * m[:, None] for t, m in picked],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            for n, gr in zip(named, grads, strict=True):
+                if gr is not None:
+                    out[n][g] = gr
+    finally:
+        switch.decoupled = False
+    return out

@@ -1,6 +1,7 @@
 """Per-chunk features of the structured eNTK, built class by class from one forward.
 
-One forward (norm layers in eval mode, so samples do not interact) records every site's input;
+One forward of the observation function (``norms.observing``: eval mode, BatchNorm per the
+normalisation mode, so samples do not interact) records every site's input (x̂ for norm layers);
 a zero tensor added to each site output makes ∂z_c/∂y its gradient. Then, for each class c, one
 backward of Σ_n z_c(x_n) gives every sample's cotangent g_c at every site, which is folded into
 that site's features at once and dropped: peak memory holds one class of cotangents, not C.
@@ -18,19 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lddyn.dynamics.contract import Features, LazyJac
-from lddyn.dynamics.functional import Params, logits_fn, norm_eval
+from lddyn.dynamics.functional import LogitsReader, Params, logits_fn, output_logits
+from lddyn.dynamics.norms import RUNNING, fold, observing, xhat
 from lddyn.dynamics.structured import NTKPlan, Site, jac_layout
-
-
-def _xhat(module: nn.Module, a: Tensor) -> Tensor:
-    """Normalised input of a norm layer (before its affine map), per sample."""
-    if isinstance(module, nn.LayerNorm):
-        return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
-    if isinstance(module, nn.GroupNorm):
-        return F.group_norm(a, module.num_groups, None, None, module.eps)
-    view = (1, -1) + (1,) * (a.dim() - 2)
-    rm, rv = module.running_mean.view(view), module.running_var.view(view)
-    return (a - rm) / torch.sqrt(rv + module.eps)
 
 
 class PatchBuilder:
@@ -72,23 +63,20 @@ class PatchBuilder:
 
 
 class NormBuilder:
-    """BatchNorm (eval) / LayerNorm / GroupNorm affine: Σ_positions g ⊙ x̂ and Σ_positions g."""
+    """BatchNorm / LayerNorm / GroupNorm affine: Σ_positions g ⊙ x̂ and Σ_positions g.
+
+    ``a`` is the layer's normalised input x̂ (taken in the forward, in the observation's mode)."""
 
     def __init__(self, site: Site, a: Tensor, c: int) -> None:
-        self.site, self.xhat = site, _xhat(site.module, a)
-        if isinstance(site.module, nn.LayerNorm):
-            d = int(torch.Size(site.module.normalized_shape).numel())
-            self.fold = lambda t: t.reshape(t.shape[0], -1, d).sum(1)
-        else:  # channels on dim 1 of the layer input
-            self.fold = lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(2)
-        d = self.fold(self.xhat).shape[1]
+        self.site, self.xhat = site, a
+        d = fold(site.module, a).shape[1]
         self.out = {r: a.new_empty(a.shape[0], c, d) for r in site.params}
 
     def add(self, cls: int, g: Tensor) -> None:
         if "weight" in self.out:
-            self.out["weight"][:, cls] = self.fold(g * self.xhat)
+            self.out["weight"][:, cls] = fold(self.site.module, g * self.xhat)
         if "bias" in self.out:
-            self.out["bias"][:, cls] = self.fold(g)
+            self.out["bias"][:, cls] = fold(self.site.module, g)
 
     def blocks(self) -> dict[str, Tensor]:
         return self.out
@@ -97,14 +85,18 @@ class NormBuilder:
         return None
 
 
-def _forward(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor) -> tuple:
-    """Logits plus, per site, (input, zero delta on the output) from one hooked forward."""
+def _forward(
+    model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor, mode: str, read: LogitsReader
+) -> tuple:
+    """Logits plus, per site, (input — x̂ for a norm layer — and a zero delta on the output) from one
+    hooked forward of the observation function of ``mode`` at (params, state)."""
     inputs: dict[str, Tensor] = {}
     deltas: dict[str, Tensor] = {}
 
     def hook(site: Site):  # noqa: ANN202
         def fn(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            inputs[site.name] = args[0].detach()
+            a = args[0].detach()
+            inputs[site.name] = xhat(mod, a, mode) if site.kind == "norm" else a
             deltas[site.name] = torch.zeros_like(out, requires_grad=True)
             return out + deltas[site.name]
 
@@ -112,17 +104,25 @@ def _forward(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: 
 
     handles = [s.module.register_forward_hook(hook(s)) for s in plan.sites]
     try:
-        with torch.enable_grad(), norm_eval(model):
-            logits = logits_fn(model, state)(params, x)
+        with torch.enable_grad(), observing(model, mode):
+            logits = logits_fn(model, state, read)(params, x)
     finally:
         for h in handles:
             h.remove()
     return logits, inputs, deltas
 
 
-def site_blocks(model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor) -> tuple:
-    """Per-site Jacobian blocks (param name -> (n, C, numel)) and Gram features, C backwards."""
-    logits, inputs, deltas = _forward(model, plan, params, state, x)
+def site_blocks(
+    model: nn.Module,
+    plan: NTKPlan,
+    params: Params,
+    state: Params,
+    x: Tensor,
+    mode: str = RUNNING,
+    read: LogitsReader = output_logits,
+) -> tuple:
+    """(logits, per-site Jacobian blocks (param name -> (n, C, numel)), Gram features), C backwards."""
+    logits, inputs, deltas = _forward(model, plan, params, state, x, mode, read)
     c = logits.shape[1]
     builders = [
         (NormBuilder if s.kind == "norm" else PatchBuilder)(s, inputs.pop(s.name), c) for s in plan.sites
@@ -133,21 +133,27 @@ def site_blocks(model: nn.Module, plan: NTKPlan, params: Params, state: Params, 
         for b, g, d in zip(builders, gk, ds, strict=True):
             b.add(k, torch.zeros_like(d) if g is None else g)
     blocks = {b.site.params[r]: j for b in builders for r, j in b.blocks().items()}
-    return blocks, [g for b in builders if (g := b.gram()) is not None]
+    return logits.detach(), blocks, [g for b in builders if (g := b.gram()) is not None]
 
 
 def generic_jacobians(
-    model: nn.Module, names: list[str], params: Params, state: Params, x: Tensor
+    model: nn.Module,
+    names: list[str],
+    params: Params,
+    state: Params,
+    x: Tensor,
+    mode: str = RUNNING,
+    read: LogitsReader = output_logits,
 ) -> dict[str, Tensor]:
     """Exact per-sample Jacobians (n, C, numel) of the named parameters via vmap(jacrev)."""
     sub = {n: params[n] for n in names}
     rest = {n: p for n, p in params.items() if n not in sub}
-    f = logits_fn(model, state)
+    f = logits_fn(model, state, read)
 
     def one(p_sub: Params, xi: Tensor) -> Tensor:
         return f({**rest, **p_sub}, xi[None])[0]
 
-    with norm_eval(model):
+    with observing(model, mode):
         jac = torch.func.vmap(torch.func.jacrev(one), (None, 0))(sub, x)
     return {n: j.reshape(x.shape[0], j.shape[1], -1) for n, j in jac.items()}
 
@@ -159,7 +165,7 @@ def structured_features(
 
     Blocks under 4096 columns (biases, norm affines) are merged into one to save small GEMMs.
     """
-    blocks, grams = site_blocks(model, plan, params, state, x) if plan.sites else ({}, [])
+    blocks, grams = site_blocks(model, plan, params, state, x)[1:] if plan.sites else ({}, [])
     if plan.generic:
         blocks.update(generic_jacobians(model, plan.generic, params, state, x))
     ordered = [blocks.pop(name) for name, _ in jac_layout(plan, params)]

@@ -9,8 +9,8 @@ v_t = β2 v + (1 − β2) g²; it is computed once from the full gradient and sh
     carry = −lr β1 m_{t−1} / (1 − β1^t) / (√(v̂_t) + eps).
 SGD (momentum μ, dampening τ): P = lr when there is no buffer yet (times 1 + μ with Nesterov);
 afterwards P = lr (1 − τ) with carry −lr μ buf, or Nesterov P = lr (1 + μ (1 − τ)), carry −lr μ² buf.
-Parts: "group:<k>", "carry" (momentum / first moment), "weight_decay" (coupled, inside the
-gradient), "decoupled_wd" (AdamW's θ ← (1 − lr·wd) θ).
+Parts: "groups" (every gradient piece's share), "carry" (momentum / first moment), "weight_decay"
+(coupled, inside the gradient), "decoupled_wd" (AdamW's θ ← (1 − lr·wd) θ).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CARRY, WEIGHT_DECAY, DECOUPLED_WD = "carry", "weight_decay", "decoupled_wd"
+GROUPS, CARRY, WEIGHT_DECAY, DECOUPLED_WD = "groups", "carry", "weight_decay", "decoupled_wd"
 
 
 @dataclass
@@ -48,8 +48,6 @@ def _sgd_rule(group: dict, state: dict, p: Tensor) -> Rule:
 
 
 def _adam_rule(group: dict, state: dict, p: Tensor, grad: Tensor) -> Rule:
-    if group.get("capturable") or group.get("differentiable"):
-        raise NotImplementedError("capturable/differentiable Adam is not supported by the update split")
     lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
     decoupled = bool(group.get("decoupled_weight_decay", False))
     sign = -1.0 if group.get("maximize", False) else 1.0
@@ -66,6 +64,13 @@ def _adam_rule(group: dict, state: dict, p: Tensor, grad: Tensor) -> Rule:
     )
 
 
+SUPPORTED = "torch.optim.SGD, torch.optim.Adam and torch.optim.AdamW"
+
+
+class UnsupportedOptimizer(NotImplementedError):
+    """The update split does not know this optimiser (the gradient parts are still recorded)."""
+
+
 def param_rule(optimizer: torch.optim.Optimizer, group: dict, p: Tensor, grad: Tensor) -> Rule:
     """The rule for one parameter from its optimiser group and state (read, never written)."""
     state = optimizer.state.get(p, {})
@@ -73,34 +78,31 @@ def param_rule(optimizer: torch.optim.Optimizer, group: dict, p: Tensor, grad: T
         return _adam_rule(group, state, p.detach(), grad)
     if isinstance(optimizer, torch.optim.SGD):
         return _sgd_rule(group, state, p.detach())
-    raise NotImplementedError(f"update split supports SGD, Adam and AdamW, not {type(optimizer).__name__}")
+    raise UnsupportedOptimizer(
+        f"the update split (update_logp) knows {SUPPORTED}, not {type(optimizer).__name__}; "
+        "kg and gd_logp are recorded without it"
+    )
 
 
 def split_update(
-    optimizer: torch.optim.Optimizer, names: dict[int, str], group_grads: list[dict[str, Tensor | None]]
+    optimizer: torch.optim.Optimizer, named: dict[str, Tensor], stacked: dict[str, Tensor]
 ) -> dict[str, dict[str, Tensor]]:
-    """part -> parameter name -> Δθ_part for every parameter the optimiser will update.
+    """part -> parameter name -> Δθ_part of the coming ``optimizer.step()``; call just before it.
 
-    ``names`` maps ``id(param)`` to its name; parameters that no group reaches get no gradient
-    and are skipped by the optimiser, so they are skipped here too.
+    ``stacked[name]`` holds (K, *shape) gradient pieces summing to ``p.grad`` (the groups and the
+    coupling); their part, GROUPS, is (K, *shape): −P ⊙ each piece. CARRY, WEIGHT_DECAY and
+    DECOUPLED_WD are (*shape). Parameters without a gradient are skipped, as the optimiser does.
     """
-    parts: dict[str, dict[str, Tensor]] = {f"group:{k}": {} for k in range(len(group_grads))}
-    parts.update({CARRY: {}, WEIGHT_DECAY: {}, DECOUPLED_WD: {}})
+    ids = {id(p): n for n, p in named.items()}
+    parts: dict[str, dict[str, Tensor]] = {GROUPS: {}, CARRY: {}, WEIGHT_DECAY: {}, DECOUPLED_WD: {}}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            name = names.get(id(p))
-            gs = [gg.get(name) for gg in group_grads] if name is not None else []
-            if not any(g is not None for g in gs):
+            name = ids.get(id(p))
+            if name is None or p.grad is None:
                 continue
-            gs = [torch.zeros_like(p) if g is None else g for g in gs]
-            rule = param_rule(optimizer, group, p, torch.stack(gs).sum(0))
-            _apply(parts, rule, name, p.detach(), gs)
+            rule, theta = param_rule(optimizer, group, p, p.grad), p.detach()
+            parts[GROUPS][name] = -rule.sign * rule.precond * stacked[name]
+            parts[CARRY][name] = torch.zeros_like(theta) if rule.carry is None else rule.carry
+            parts[WEIGHT_DECAY][name] = -rule.precond * rule.wd * theta
+            parts[DECOUPLED_WD][name] = -rule.decoupled * theta
     return parts
-
-
-def _apply(parts: dict[str, dict[str, Tensor]], rule: Rule, name: str, p: Tensor, gs: list[Tensor]) -> None:
-    for k, g in enumerate(gs):
-        parts[f"group:{k}"][name] = -rule.sign * rule.precond * g
-    parts[CARRY][name] = torch.zeros_like(p) if rule.carry is None else rule.carry
-    parts[WEIGHT_DECAY][name] = -rule.precond * rule.wd * p
-    parts[DECOUPLED_WD][name] = -rule.decoupled * p

@@ -1,254 +1,353 @@
-"""The dynamics recorder: a callback that decomposes recorded steps at a fixed observation set.
+"""The dynamics recorder: the first-order dynamics of recorded training steps, from any loop.
 
-At ``loss_terms`` (graph alive, before backward) it takes the group gradients (``record.groups``:
-decoupled from the training batches captured at ``step_start``, or exact through the training
-graph) and the optimiser's predicted update parts; at ``step_end`` (after the optimiser step and
-the EMA step's decoupled decay) it reads ∇θ L from the trainer's ``.grad`` (the decoupled
-coupling is the rest), maps every group to the observations at the parameters saved before the
-step (-eta T K G per group), and measures the change at the observations. Tables:
-``observations`` (once, step 0), ``dynamics`` (groups and totals), ``realised`` (update parts,
-measured change, BN drift, residual) and ``dynamics_samples`` (exact per-sample contributions of
-tracked training samples).
+    rec = Recorder(model, optimizer,
+                   observations=[ObservationSet("test", x_test, norm="running", labels=y_test),
+                                 ObservationSet("baseline", x_base, norm="own")],
+                   by=("term", "source_class"))
+    with rec.step() as s:                    # snapshot before the step's first training forward
+        logits = model(x)
+        losses = F.cross_entropy(logits, y, reduction="none") / len(y)
+        s.term("sup", inputs=x, logits=logits, losses=losses, source_class=y)
+        losses.sum().backward()
+        optimizer.step()
+    rows = s.rows()                          # tidy frame (docs/dynamics.md)
+
+One step, in order: on entering, θ0 and the buffers b0 are saved and J_o of every observation set
+is formed (``observations``); the step's forwards are captured (``capture``); ``s.term`` reads
+G = ∂(Σ losses)/∂logits; when the backward starts, the group gradients are taken on the live graph
+(``groups``); just before ``optimizer.step()`` the gradient is checked against the terms, the
+coupling is ∇θL − Σ_g ∇θL_g and the update is split (``optim_split``); on leaving, everything
+else the block did to θ is ``post_step`` and the observations are forwarded again (measured).
 """
 
 from __future__ import annotations
 
-import hashlib
-import sys
-from dataclasses import dataclass
-from typing import Any
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import torch
-from rich.console import Console
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from lddyn.config import RecordConfig
-from lddyn.data.sets import unit_images
 from lddyn.dynamics import tidy
-from lddyn.dynamics.decompose import (
-    TrackedSamples,
-    decompose_grads,
-    take_group_gradients,
-    track_samples,
+from lddyn.dynamics.capture import StepCapture
+from lddyn.dynamics.functional import LogitsReader, clone_state, frozen_state, output_logits, sensitivity
+from lddyn.dynamics.groups import (
+    COUPLING_TERM,
+    DECOUPLED,
+    EXACT,
+    Term,
+    decoupled_sums,
+    group_backward,
+    group_ids,
 )
-from lddyn.dynamics.decoupled import ForwardCapture
-from lddyn.dynamics.functional import Params, clone_state, frozen_state, trainable_params
-from lddyn.dynamics.groups import DECOUPLED, GroupGradients, live_total, named_trainable
-from lddyn.dynamics.realised import UpdatePrediction, predict_update
-from lddyn.losses import LossTerm
-from lddyn.train.events import Callback
-from lddyn.train.forward import baseline_image
-from lddyn.train.optim import current_lr
+from lddyn.dynamics.norms import BATCH, RUNNING
+from lddyn.dynamics.observations import ObservationJacobian, ObservationSet, observed_logits
+from lddyn.dynamics.optim_split import (
+    CARRY,
+    DECOUPLED_WD,
+    GROUPS,
+    WEIGHT_DECAY,
+    UnsupportedOptimizer,
+    split_update,
+)
 
-BYTES_PER_ROW = 8.0  # measured on a digits run: ~7.5 bytes per row of dictionary-encoded parquet
-
-
-@dataclass
-class PendingStep:
-    """What ``loss_terms`` leaves for ``step_end``: group gradients and the state before the step."""
-
-    step: int
-    lr: float
-    grads: GroupGradients
-    names: list[str]
-    params: Params  # trainable parameters before the optimiser step
-    state: Params  # buffers at ``loss_terms``
-    tracked: TrackedSamples | None
-    prediction: UpdatePrediction | None
+RESERVED = ("step", "observation", "target_class", "part", "quantity", "value")
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+POST_STEP, STEP = "post_step", "step"
 
 
-@dataclass
-class ObservationSet:
-    x: Tensor  # (O, C, H, W) normalised inputs
-    rows: list[dict[str, Any]]  # one metadata row per observation
-    tracked: dict[str, Tensor]  # "labeled" / "unlabeled" -> set positions of tracked samples
+class GradientCheckError(RuntimeError):
+    """The gradient the optimiser stepped with is not the registered terms' gradient."""
 
 
-def spread_over_classes(labels: Tensor, n: int) -> Tensor:
-    """The first ``n`` positions taking classes round-robin (first of each class, then second, ...)."""
-    rank = torch.zeros_like(labels)
-    for c in labels.unique():
-        idx = torch.nonzero(labels == c).flatten()
-        rank[idx] = torch.arange(len(idx))
-    order = torch.argsort(rank * (int(labels.max()) + 2) + labels, stable=True)
-    return order[:n]
+class Recorder:
+    """Records steps of ``model`` trained by ``optimizer`` at fixed observation sets.
 
+    ``by``: the grouping keys, any of the columns passed to ``StepRecord.term`` plus ``term``.
+    ``logits``: reads the logits from the model's output (default: a tensor, a dict's ``logits``,
+    a tuple's first item). ``groups``: ``decoupled`` (BatchNorm statistics held at the batch's
+    values, the rest reported as term ``bn_coupling``) or ``exact`` (one backward per group).
+    """
 
-def image_hash(x: Tensor) -> str:
-    return hashlib.sha1(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def build_observations(trainer, cfg: RecordConfig) -> ObservationSet:  # noqa: ANN001
-    data, norm = trainer.data, trainer.aug.normalize
-    xs, rows = [], []
-
-    def add(x: Tensor, kind: str, label: int, index: int) -> None:
-        rows.append(
-            dict(
-                step=0,
-                observation=len(rows),
-                kind=kind,
-                true_label=label,
-                dataset_index=index,
-                image_hash=image_hash(x),
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        observations: Sequence[ObservationSet],
+        by: Sequence[str] = ("term",),
+        *,
+        logits: LogitsReader = output_logits,
+        groups: str = DECOUPLED,
+    ) -> None:
+        names = [s.name for s in observations]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"observation sets need distinct names, got {names}")
+        bad = [k for k in by if k in RESERVED or not isinstance(k, str)]
+        if bad or groups not in (DECOUPLED, EXACT):
+            raise ValueError(
+                f"by={tuple(by)} (reserved: {RESERVED}), groups={groups!r} ({DECOUPLED} | {EXACT})"
             )
+        self.model, self.optimizer, self.sets, self.read, self.groups = (
+            model,
+            optimizer,
+            list(observations),
+            logits,
+            groups,
         )
-        xs.append(x)
+        self.by = tuple(by)
+        self.keys = ("term", *[k for k in self.by if k != "term"], "part")
+        sizes = np.cumsum([0] + [len(s.x) for s in self.sets])
+        self.obs_ids = [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        self.steps = 0
+        self.unsplit_reason: str | None = None
+        self._check_observations()
 
-    for pos in spread_over_classes(data.y_test.cpu(), cfg.obs_per_class * data.num_classes).tolist():
-        add(norm(data.x_test[pos : pos + 1])[0], "test", int(data.y_test[pos]), pos)
-    if cfg.baseline:
-        for k in trainer.cfg.probe.colors:
-            add(baseline_image(k, data.image_shape, trainer.device)[0], "baseline", -1, -1)
-    tracked = {}
-    for which, x, y in (("labeled", data.x_lb, data.y_lb), ("unlabeled", data.x_ulb, data.y_ulb)):
-        tracked[which] = (
-            spread_over_classes(y.cpu(), cfg.tracked) if cfg.tracked else torch.zeros(0, dtype=torch.long)
-        )
-        for pos in tracked[which].tolist():
-            add(norm(unit_images(x[pos : pos + 1]))[0], which, int(y[pos]), pos)
-    return ObservationSet(torch.stack(xs), rows, tracked)
-
-
-def recorded_steps(cfg: RecordConfig, total: int) -> int:
-    return sum(1 for s in range(1, total + 1) if is_recorded(cfg, s))
-
-
-def is_recorded(cfg: RecordConfig, step: int) -> bool:
-    return step <= cfg.dense_until or step % cfg.every == 0
-
-
-def estimate_rows(cfg: RecordConfig, num_obs: int, num_classes: int, terms: int = 2) -> int:
-    """An upper bound on rows per recorded step: every grouping value present in every term (one
-    labeled term, whose correctness is always "not applicable", the others counted as unlabeled),
-    plus the BatchNorm coupling of decoupled groups."""
-    per_term = (num_classes if "source_class" in cfg.by else 1) * (2 if "status" in cfg.by else 1)
-    correct = "correct" in cfg.by
-    if "term" in cfg.by:
-        groups = per_term + per_term * (2 if correct else 1) * max(terms - 1, 0)
-    else:
-        groups = per_term * (3 if correct else 1)  # right, wrong and not applicable in one term
-    groups += 1 if cfg.groups == DECOUPLED else 0
-    per_obs = num_obs * num_classes
-    rows = (2 * groups + 2) * per_obs
-    if cfg.realised:
-        rows += (groups + 2 + 3) * per_obs
-    return rows
-
-
-class DynamicsRecorder(Callback):
-    name = "dynamics"
-
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(file=sys.stderr)
-        self.obs: ObservationSet | None = None
-        self.pending: PendingStep | None = None
-        self.capture: ForwardCapture | None = None
-
-    @property
-    def cfg(self) -> RecordConfig:
-        return self.trainer_cfg.record
-
-    def on_train_start(self, trainer) -> None:  # noqa: ANN001
-        self.trainer_cfg = trainer.cfg
-        self.obs = build_observations(trainer, self.cfg)
-        if trainer.state.step == 0:
-            trainer.sink.add("observations", self.obs.rows)
-        steps = recorded_steps(self.cfg, trainer.cfg.train.steps)
-        terms = 2 + sum(m.extra_terms for m in trainer.methods)
-        rows = steps * estimate_rows(self.cfg, len(self.obs.x), trainer.data.num_classes, terms)
-        self.console.print(
-            f"dynamics: {len(self.obs.x)} observations x {trainer.data.num_classes} classes at {steps} steps"
-            f": at most {rows:,} rows, about {rows * BYTES_PER_ROW / 2**20:.1f} MiB on disk",
-            highlight=False,
-            soft_wrap=True,
-        )
-
-    def on_step_start(self, trainer, ctx) -> None:  # noqa: ANN001
-        self._stop_capture()
-        if self.cfg.groups == DECOUPLED and is_recorded(self.cfg, ctx.step):
-            self.capture = ForwardCapture(trainer.model)  # the step's training batches
-
-    def _stop_capture(self) -> list | None:
-        calls = self.capture.remove() if self.capture is not None else None
-        self.capture = None
-        return calls
-
-    def on_loss_terms(self, trainer, ctx, terms: list[LossTerm]) -> None:  # noqa: ANN001
-        self.pending = None
-        calls = self._stop_capture()
-        if not is_recorded(self.cfg, ctx.step):
-            return
-        assert self.obs is not None
-        model, lr, x = trainer.model, current_lr(trainer.optimizer), self.obs.x
-        grads = take_group_gradients(model, terms, self.cfg.by, self.cfg.groups, calls)
-        if grads.mode == DECOUPLED and getattr(trainer.dist, "world", 1) > 1:
-            grads.set_total(live_total(model, terms))  # .grad will hold the all-reduced gradient
-        track, inputs = self._track(ctx.step, terms)
-        tracked = track_samples(model, terms, grads, x, track, inputs or None) if track else None
-        prediction = None
-        if self.cfg.realised:
-            decay = trainer.cfg.optim.ema_weight_decay * lr
-            prediction = predict_update(
-                model,
-                trainer.optimizer,
-                terms,
-                x,
-                by=self.cfg.by,
-                post_decay=decay,
-                step=ctx.step,
-                grads=grads,
+    def _check_observations(self) -> None:
+        """Dropout is off at observation forwards (said once); other randomness is refused."""
+        dropout = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, DROPOUT)})
+        if dropout:
+            warnings.warn(
+                f"{', '.join(dropout)} switched off at observation forwards (eval mode)", stacklevel=3
             )
-        params, state = clone_state(trainable_params(model)), clone_state(frozen_state(model))
-        names = [t.name for t in terms]
-        self.pending = PendingStep(ctx.step, lr, grads, names, params, state, tracked, prediction)
+        for s in self.sets:
+            if not torch.equal(
+                observed_logits(self.model, s, read=self.read), observed_logits(self.model, s, read=self.read)
+            ):
+                raise ValueError(
+                    f"observation set {s.name!r}: two forwards of the same inputs differ; "
+                    "the model is random at observation forwards (eval mode): remove the randomness"
+                )
 
-    def _track(self, step: int, terms: list[LossTerm]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        every = self.cfg.per_sample_every
-        if not every or step % every or self.obs is None:
-            return {}, {}
-        track, inputs = {}, {}
-        for term in terms:
-            wanted = self.obs.tracked["labeled" if term.labeled else "unlabeled"]
-            rows = torch.nonzero(torch.isin(term.index.cpu(), wanted)).flatten()
-            if len(rows):
-                track[term.name] = rows
-                if term.inputs is not None:
-                    inputs[term.name] = term.inputs[rows.to(term.inputs.device)]
-        return track, (inputs if len(inputs) == len(track) else {})
+    def observations(self) -> pd.DataFrame:
+        """The ``observations`` table: id, set name (``kind``), norm, label and dataset index of each."""
+        frames = []
+        for s, ids in zip(self.sets, self.obs_ids, strict=True):
+            n = len(ids)
+            labels = np.full(n, -1) if s.labels is None else s.labels.cpu().numpy()
+            index = np.full(n, -1) if s.index is None else s.index.cpu().numpy()
+            cols = {"observation": ids, "kind": s.name, "norm": s.norm, "true_label": labels}
+            frames.append(pd.DataFrame({**cols, "dataset_index": index}))
+        return pd.concat(frames, ignore_index=True)
 
-    def on_step_end(self, trainer, ctx, terms) -> None:  # noqa: ANN001
-        if self.pending is None:
+    def step(self, step: int | None = None) -> StepRecord:
+        """The context of one recorded step (numbered ``step``, default: one more than the last)."""
+        self.steps = self.steps + 1 if step is None else step
+        return StepRecord(self, self.steps)
+
+
+class StepRecord:
+    """One recorded step: enter before the step's first forward, leave after its last update."""
+
+    def __init__(self, recorder: Recorder, step: int) -> None:
+        self.rec, self.step = recorder, step
+        self.terms: list[Term] = []
+        self.results: dict[
+            str, dict[str, tuple[Tensor, list[dict]]]
+        ] = {}  # set -> quantity -> (values, parts)
+        self._frame: pd.DataFrame | None = None
+        self._inner = False
+        self._stacked: dict[str, Tensor] | None = None
+        self._parts: dict[str, dict[str, Tensor]] | None = None
+        self._theta_opt: dict[str, Tensor] | None = None
+
+    # --- entering ---------------------------------------------------------------------------------
+    def __enter__(self) -> StepRecord:
+        model, opt = self.rec.model, self.rec.optimizer
+        self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.theta0, self.state0 = clone_state(self.named), clone_state(frozen_state(model))
+        self.jac = [ObservationJacobian(model, s, self.rec.read) for s in self.rec.sets]
+        self.capture = StepCapture(model, self.rec.read)
+        self._handles = [
+            opt.register_step_pre_hook(self._before_step),
+            opt.register_step_post_hook(self._after_step),
+        ]
+        return self
+
+    def term(
+        self, name: str, *, logits: Tensor, losses: Tensor, inputs: Tensor | None = None, **columns: object
+    ) -> None:
+        """Register a loss term: per-sample ``losses`` (N,) of ``logits`` (N, C), summing to the term's
+        share of the loss you back-propagate, and per-sample grouping ``columns`` (N,) each.
+        ``inputs``: the batch the logits came from (optional, kept with the term)."""
+        n = len(logits)
+        if not logits.requires_grad or losses.shape != (n,):
+            raise ValueError(
+                f"term {name!r}: logits {tuple(logits.shape)} must carry the training graph and "
+                f"losses {tuple(losses.shape)} be one value per row; register terms before backward()"
+            )
+        cols = {}
+        for key, v in columns.items():
+            arr = v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v, dtype=object)
+            if len(arr) != n:
+                raise ValueError(f"term {name!r}: column {key!r} has {len(arr)} values for {n} rows")
+            cols[key] = arr
+        with self._own_pass():
+            G = torch.autograd.grad(losses.sum(), logits, retain_graph=True)[0].detach()
+        term = Term(name, logits, losses, cols, G, inputs)
+        logits.register_hook(lambda g: None if self._inner else term.seen.append(g.detach()))
+        torch.autograd.graph.register_multi_grad_hook([losses], self._on_backward, mode="any")
+        self.terms.append(term)
+
+    @contextmanager
+    def _own_pass(self):  # noqa: ANN202
+        self._inner = True
+        try:
+            yield
+        finally:
+            self._inner = False
+
+    # --- during backward: the group gradients on the live graph -----------------------------------
+    def _on_backward(self, _grad: Tensor) -> None:
+        if self._stacked is not None or self._inner:
             return
-        pending, self.pending = self.pending, None
-        grads, prediction = pending.grads, pending.prediction
-        assert self.obs is not None
-        if grads.mode == DECOUPLED and grads.coupling is None:  # ∇θ L from the trainer's backward
-            grads.set_total({n: p.grad for n, p in named_trainable(trainer.model).items()})
-        decomposition = decompose_grads(
-            trainer.model,
-            grads,
-            pending.names,
-            self.obs.x,
-            pending.lr,
-            step=pending.step,
-            tracked=pending.tracked,
-            params=pending.params,
-            state=pending.state,
-        )
-        phase = ctx.phase
-        trainer.sink.add_columns("dynamics", _typed(decomposition.to_columns(), phase))
-        if decomposition.tracked is not None:
-            trainer.sink.add_columns("dynamics_samples", _typed(decomposition.sample_columns(), phase))
-        if prediction is not None:
-            measured = prediction.measure(trainer.model).to_columns()
-            trainer.sink.add_columns("realised", _typed(measured, phase))
+        with torch.enable_grad(), self._own_pass():
+            self.group_keys, ids = group_ids(self.terms, self.rec.by)
+            g, sw = len(self.group_keys), self.capture.switch
+            if self.rec.groups == EXACT:
+                self._stacked = group_backward(self.terms, ids, g, self.named, sw, decoupled=False)
+                return
+            stacked, mapped, rest = decoupled_sums(self.terms, ids, g, self.capture.calls, sw, self.named)
+            lost = [(t, i) for t, i, m in zip(self.terms, ids, mapped, strict=True) if not m]
+            found = [(t, i) for t, i, m in zip(self.terms, ids, mapped, strict=True) if m]
+            for pairs, names in ((lost, list(self.named)), (found, rest)):
+                if pairs and names:
+                    extra = group_backward(
+                        *zip(*pairs, strict=True), g, {n: self.named[n] for n in names}, sw, decoupled=True
+                    )
+                    for n in names:
+                        stacked[n] += extra[n]
+            self._stacked = stacked
 
+    # --- just before and after optimizer.step() ---------------------------------------------------
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._stacked is None:
+            raise GradientCheckError(
+                "no backward through the registered terms' losses before optimizer.step(): "
+                "register every term with s.term(...) before calling backward()"
+            )
+        self._check_gradients()
+        for n, p in self.named.items():  # the last row: what the groups do not explain (the coupling)
+            s = self._stacked[n]
+            s[-1] = (torch.zeros_like(p) if p.grad is None else p.grad) - s[:-1].sum(0)
+        self.lr = float(optimizer.param_groups[0]["lr"])
+        try:
+            self._parts = split_update(optimizer, self.named, self._stacked)
+        except UnsupportedOptimizer as exc:
+            if self.rec.unsplit_reason is None:
+                warnings.warn(str(exc), stacklevel=2)
+            self.rec.unsplit_reason = str(exc)
 
-def _typed(columns: dict[str, Any], phase: str) -> pd.DataFrame:
-    """A typed frame of tidy columns plus the step's training ``phase``."""
-    frame = tidy.frame(columns)
-    frame["phase"] = pd.Categorical.from_codes(np.zeros(len(frame), dtype=np.int8), [phase])
-    return frame
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self._theta_opt = clone_state(self.named)
+
+    def _check_gradients(self) -> None:
+        """∂L/∂logits as the trained loss delivered it against the registered terms' G; ∇θL against
+        Σ_g ∇θL_g for parameters whose group sums are exact (after every train-mode BatchNorm)."""
+        shared: dict[int, list[Term]] = {}
+        for t in self.terms:
+            shared.setdefault(id(t.logits), []).append(t)
+        for ts in shared.values():
+            want, got = sum(t.G for t in ts), ts[0].seen[-1] if ts[0].seen else None  # the last backward
+            scale = float(want.abs().max())
+            err = float("inf") if got is None else float((got - want).abs().max())
+            if not err <= 1e-5 * scale + 1e-30:
+                raise GradientCheckError(
+                    f"terms {[t.name for t in ts]}: the loss back-propagated sends ∂L/∂logits differing "
+                    f"from the registered per-sample losses' by {err:.3g} (max |G| {scale:.3g}); the loss "
+                    "must be the sum of the registered losses, normalised as trained (a per-sample norm?)"
+                )
+        for n in self._exact_params():
+            p, s = self.named[n], self._stacked[n][:-1].sum(0)
+            grad = torch.zeros_like(p) if p.grad is None else p.grad
+            if float((grad - s).abs().max()) > 1e-3 * float(grad.abs().max()) + 1e-12:
+                raise GradientCheckError(
+                    f"∇θL of {n} is not the sum of the registered terms' gradients: "
+                    "the optimiser steps with a gradient the terms do not explain "
+                    "(an unregistered loss, clipping or scaling between backward and step)"
+                )
+
+    def _exact_params(self) -> list[str]:
+        if self.rec.groups == EXACT:
+            return list(self.named)
+        coupled: set[nn.Module] = set()
+        for call in self.capture.calls:
+            last = max((i for i, lc in enumerate(call.layers) if lc.mode == BATCH), default=-1)
+            coupled |= {lc.module for lc in call.layers[: last + 1]}
+        modules = {lc.module for call in self.capture.calls for lc in call.layers} - coupled
+        ids = {id(p) for m in modules for p in m.parameters(recurse=False)}
+        return [n for n, p in self.named.items() if id(p) in ids]
+
+    # --- leaving ----------------------------------------------------------------------------------
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        self.capture.remove()
+        for h in self._handles:
+            h.remove()
+        if exc_type is None:
+            self._frame = self._finish()
+        return False
+
+    def rows(self) -> pd.DataFrame:
+        """The step's tidy rows (columns: step, observation, target_class, keys, quantity, value)."""
+        if self._frame is None:
+            raise RuntimeError("rows() is available after the `with rec.step()` block has ended")
+        return self._frame
+
+    def _directions(self) -> tuple[dict[str, Tensor], list[dict], list[dict]]:
+        """Per parameter the stacked directions: the gradient pieces, then the update parts."""
+        keys = [dict(zip(self.rec.by, k, strict=True)) for k in self.group_keys]
+        metas = [{**k, "part": "group"} for k in keys]
+        if self.rec.groups == DECOUPLED:
+            metas.append({"term": COUPLING_TERM, "part": "group"})
+        pieces = {n: s if self.rec.groups == DECOUPLED else s[:-1] for n, s in self._stacked.items()}
+        theta1 = {n: p.detach() for n, p in self.named.items()}
+        if self._theta_opt is None:  # the optimiser never stepped: every change is the block's own
+            self._theta_opt = self.theta0
+        extra = {POST_STEP: {n: theta1[n] - self._theta_opt[n] for n in theta1}}
+        if self._parts is None:
+            extra[STEP] = {n: self._theta_opt[n] - self.theta0[n] for n in theta1}
+            upd = {}
+        else:
+            upd = {n: g if self.rec.groups == DECOUPLED else g[:-1] for n, g in self._parts[GROUPS].items()}
+            extra.update({k: self._parts[k] for k in (CARRY, WEIGHT_DECAY, DECOUPLED_WD)})
+        extra = {k: v for k, v in extra.items() if any(bool(t.any()) for t in v.values())}
+        parts = ([dict(m) for m in metas] if upd else []) + [{"part": k} for k in extra]
+        dirs = {}
+        for n in self.named:
+            rows = [pieces[n]] + ([upd[n]] if n in upd else [torch.zeros_like(pieces[n])] if upd else [])
+            rows += [extra[k].get(n, torch.zeros_like(self.theta0[n]))[None] for k in extra]
+            dirs[n] = torch.cat(rows)
+        return dirs, metas, parts
+
+    @torch.no_grad()
+    def _finish(self) -> pd.DataFrame:
+        if self._stacked is None:
+            raise GradientCheckError("the block ended without a backward through the registered terms")
+        if self._parts is None and self._theta_opt is None:  # no optimiser step: coupling from .grad
+            self._before_step(self.rec.optimizer, (), {})
+        dirs, metas, parts = self._directions()
+        ng, k = len(metas), len(metas) + len(parts)
+        blocks, empty = [], [{}]
+        for s, jac, ids in zip(self.rec.sets, self.jac, self.rec.obs_ids, strict=True):
+            pushes, probs = jac.apply(dirs, k), F.softmax(jac.logits, -1)
+            kg, upd = pushes[:ng], sensitivity(pushes[ng:], probs)
+            logp0 = F.log_softmax(jac.logits, -1)
+            logp1 = F.log_softmax(observed_logits(self.rec.model, s, read=self.rec.read), -1)
+            drift = torch.zeros_like(logp1)
+            if s.norm == RUNNING:
+                at_b0 = observed_logits(self.rec.model, s, None, self.state0, self.rec.read)
+                drift = logp1 - F.log_softmax(at_b0, -1)
+            measured = logp1 - logp0
+            self.results[s.name] = {
+                "kg": (kg, metas),
+                "gd_logp": (-self.lr * sensitivity(kg, probs), metas),
+                "update_logp": (upd, parts),
+                "measured": (measured[None], empty),
+                "bn_drift": (drift[None], empty),
+                "residual": ((measured - upd.sum(0) - drift)[None], empty),
+            }
+            blocks += [(q, v, m, ids) for q, (v, m) in self.results[s.name].items()]
+        return tidy.step_frame(self.step, blocks, self.rec.keys)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from lddyn.dynamics.contract import gram_cost, jacobian_cost
-from lddyn.dynamics.functional import Params, logits_fn, norm_eval
-
-NORM_AFFINE = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+from lddyn.dynamics.functional import Params
+from lddyn.dynamics.norms import BATCH_NORMS, OWN, observing
 
 
 @dataclass
@@ -67,15 +67,15 @@ class NTKPlan:
         return "\n".join(lines)
 
 
-def _supported(module: nn.Module) -> str | None:
+def structured_kind(module: nn.Module) -> str | None:
     """Structured kind of a module, or None when its parameters take the generic route."""
     if isinstance(module, nn.Linear):
         return "patch"
     if isinstance(module, nn.Conv2d):
         plain = module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
         return "patch" if plain else None
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return "norm" if module.affine and module.running_mean is not None else None
+    if isinstance(module, BATCH_NORMS):
+        return "norm" if module.affine else None
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         return "norm"
     return None
@@ -103,8 +103,8 @@ def _probe(model: nn.Module, params: Params, state: Params, x: Tensor) -> dict[s
         if any(True for _ in m.parameters(recurse=False))
     ]
     try:
-        with torch.no_grad(), norm_eval(model):
-            logits_fn(model, state)(params, x[:1])
+        with torch.no_grad(), observing(model, OWN):  # shapes only: no buffer needed
+            functional_call(model, (params, state), (x[:1],))
     finally:
         for h in handles:
             h.remove()
@@ -129,7 +129,7 @@ def build_plan(model: nn.Module, params: Params, state: Params, x: Tensor) -> NT
         own = _own_trainable(module, name)
         if not own:
             continue
-        kind = _supported(module)
+        kind = structured_kind(module)
         calls = shapes.get(name, (0, (), ()))[0]
         if kind is None or calls != 1:  # unknown layer, unused, or weight sharing: exact generic path
             generic += list(own.values())

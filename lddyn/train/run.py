@@ -27,7 +27,7 @@ def build_callbacks(cfg: RunConfig, extra: Sequence[Callback] = (), progress: bo
     if cfg.probe.baseline:
         callbacks.append(BaselineProbe())
     if cfg.record.dynamics:
-        from lddyn.dynamics.recorder import DynamicsRecorder
+        from lddyn.train.callbacks.dynamics import DynamicsRecorder
 
         callbacks.append(DynamicsRecorder())
     callbacks += list(extra)

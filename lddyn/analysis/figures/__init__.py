@@ -46,7 +46,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "bias_accumulation": ("dynamics", "observations"),
     "unified": ("dynamics", "observations"),
     "pruning": ("pruning",),
-    "realised": ("realised",),
+    "realised": ("dynamics", "observations"),
 }
 MULTI_RUN = ("recall", "unified")
 # What a figure raises when its input is missing, empty or unreadable (not a bug in the figure).

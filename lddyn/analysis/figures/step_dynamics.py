@@ -2,8 +2,12 @@
 
 For a few observation points, the first-order change of log π for every target class, split into
 the supervised term and the consistency term, the latter by whether the pseudo-label was correct,
-plus any method-specific term and, with decoupled group gradients, the BatchNorm coupling (the
-part of the step that flows through the batch statistics, attributable to no single sample).
+plus any method-specific term, the BatchNorm coupling (the part of the step that flows through the
+batch statistics, attributable to no single sample) and, for the optimiser's update, its parts
+that belong to no group (momentum carry, decays). By default the quantity is ``update_logp``, each
+group's share of the update the optimiser really made (Adam through its preconditioner); the
+measured change (minus BatchNorm drift) is drawn next to it. ``quantity="gd_logp"`` shows the
+plain-gradient-descent formula −η T K G instead.
 Reading it: the bars of the observation's own class (shaded) say which part of the loss pulled its
 prediction up or down at that step; wrong pseudo-labels push mass toward the classes they name.
 """
@@ -18,10 +22,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lddyn.analysis.dynamics import contributions, select, step_split
+from lddyn.analysis.dynamics import QUANTITY_LABELS, contributions, quantity_rows, step_split
 from lddyn.analysis.figures.theme import colors, new_figure
 
-YLABEL = "Δ log π (first order)"
+KEYS = ["observation", "target_class"]
 
 
 def default_observations(obs: pd.DataFrame) -> list[int]:
@@ -40,25 +44,42 @@ def describe(row: pd.Series) -> str:
     return f"obs {row.observation}: {row.kind} image, class {row.true_label}"
 
 
-def draw_panel(ax: Axes, split: pd.DataFrame, total: pd.Series, info: pd.Series) -> None:
-    """Grouped bars per target class, one per split, and the total as a black dot."""
-    columns = [c for c in split.columns if c not in ("observation", "target_class")]
+def draw_panel(
+    ax: Axes, split: pd.DataFrame, total: pd.Series, measured: pd.Series | None, info: pd.Series, ylabel: str
+) -> None:
+    """Grouped bars per target class, one per split, the total as a black dot, the measured change
+    (minus BatchNorm drift) as a cross."""
+    columns = [c for c in split.columns if c not in KEYS]
     x, width = split.target_class.to_numpy(), 0.8 / max(len(columns), 1)
     for i, (name, color) in enumerate(zip(columns, colors(len(columns)), strict=True)):
         ax.bar(x + (i - (len(columns) - 1) / 2) * width, split[name], width, label=name, color=color)
-    ax.plot(total.index, total.values, "o", color="black", ms=3, label="total (one JVP)")
+    ax.plot(total.index, total.values, "o", color="black", ms=3, label="total (Σ of the splits)")
+    if measured is not None:
+        ax.plot(measured.index, measured.values, "x", color="black", ms=5, label="measured − BN drift")
     if info.true_label >= 0:
         ax.axvspan(info.true_label - 0.5, info.true_label + 0.5, color="grey", alpha=0.15, lw=0)
     ax.axhline(0, color="black", lw=0.5)
-    ax.set(xlabel="target class", ylabel=YLABEL, title=describe(info), xticks=np.unique(x))
+    ax.set(xlabel="target class", ylabel=ylabel, title=describe(info), xticks=np.unique(x))
+
+
+def measured_change(run: Path, step: int) -> pd.Series | None:
+    """measured − bn_drift per (observation, target class) at ``step``: what the parameters did."""
+    rows = quantity_rows(run, "measured", f"step = {step}")
+    if rows.empty:
+        return None
+    drift = quantity_rows(run, "bn_drift", f"step = {step}").set_index(KEYS).value
+    return rows.set_index(KEYS).value.sub(drift, fill_value=0.0)
 
 
 def plot(
-    run_dirs: Sequence[Path], step: int | None = None, observations: Sequence[int] | None = None
+    run_dirs: Sequence[Path],
+    step: int | None = None,
+    observations: Sequence[int] | None = None,
+    quantity: str = "update_logp",
 ) -> Figure:
     """One panel per observation at ``step`` (default: the last recorded step) of the first run."""
     run = Path(run_dirs[0])
-    frame = contributions(run)
+    frame = contributions(run, quantity)
     steps = sorted(frame.step.unique())
     step = int(steps[-1] if step is None else step)
     if step not in steps:
@@ -69,13 +90,16 @@ def plot(
     if unknown or not chosen:
         raise ValueError(f"observations {unknown or chosen} not in {run}; known: {sorted(obs.observation)}")
     split = step_split(frame, step)
-    totals = select(run, "dynamics", f"quantity = 'pred_logp_total' AND step = {step}")
+    totals = frame[frame.step == step].groupby(KEYS).value.sum()
+    measured = measured_change(run, step) if quantity == "update_logp" else None
+    label = QUANTITY_LABELS[quantity]
     fig, axes = new_figure(len(chosen), width=3.6, height=3.0)
     for ax, o in zip(axes, chosen, strict=True):
-        total = totals[totals.observation == o].set_index("target_class").value.sort_index()
-        draw_panel(ax, split[split.observation == o], total, obs[obs.observation == o].iloc[0])
+        total = totals.loc[o].sort_index()
+        meas = None if measured is None else measured.loc[o].sort_index()
+        draw_panel(ax, split[split.observation == o], total, meas, obs[obs.observation == o].iloc[0], label)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
-    fig.suptitle(f"{run.name}, step {step}: Δ log π = −η T K G by term and pseudo-label correctness")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize="small")
+    fig.suptitle(f"{run.name}, step {step}: {label}, by term and pseudo-label correctness")
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(labels) - 1) // 5), 1, 1))
     return fig

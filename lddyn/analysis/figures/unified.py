@@ -1,11 +1,13 @@
 """The unified view: the same observation set under several methods, one line per run.
 
-Every method reshapes the same first-order step Δlog π = −η T K G (DESIGN.md §1). Panels: the
+Every method reshapes the same first-order step Δlog π = −η T K G (docs/design.md). Panels: the
 supervised and the consistency contributions to each target class (Σ over recorded steps, mean
 over test observations) show changes of G's direction (logit adjustment on the supervised term,
 CDMAD on the consistency term); the share of the update's mass by source class shows changes of
 the sum's measure and weights (resampling, reweighting, DyTrim's pruning and 1/r); the baseline
 prior at the end shows what each run absorbed. The legend names the factor each method changes.
+The contributions are ``update_logp`` (each group's share of the optimiser's real update) unless
+``quantity`` asks for ``gd_logp`` or ``kg``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lddyn.analysis.dynamics import accumulated, contributions, has_table, run_label, source_share
+from lddyn.analysis.dynamics import (
+    QUANTITY_LABELS,
+    accumulated,
+    contributions,
+    has_table,
+    run_label,
+    source_share,
+)
 from lddyn.analysis.figures.theme import HEAD_TO_TAIL, colors, new_figure
 from lddyn.analysis.prior import distributions, prior
 from lddyn.sinks.parquet import read_table
@@ -53,13 +62,13 @@ def final_prior(run: Path) -> pd.Series | None:
     return distributions(frame, "student_train", float(color.iloc[0])).iloc[-1]
 
 
-def plot(run_dirs: Sequence[Path], kind: str = "test") -> Figure:
+def plot(run_dirs: Sequence[Path], kind: str = "test", quantity: str = "update_logp") -> Figure:
     runs = [Path(r) for r in run_dirs]
     fig, axes = new_figure(4, width=3.6, height=3.4)
     titles = ("supervised term", "consistency term", "update mass by source class", "baseline prior π(I)")
     labeled = None
     for run, color in zip(runs, colors(len(runs)), strict=True):
-        frame, label = contributions(run), legend_label(run)
+        frame, label = contributions(run, quantity), legend_label(run)
         for ax, term in zip(axes[:2], ("sup", "unsup"), strict=True):
             profile = term_profile(frame, term, kind)
             ax.plot(profile.index, profile.values, "o-", ms=3, color=color, label=label)
@@ -75,12 +84,15 @@ def plot(run_dirs: Sequence[Path], kind: str = "test") -> Figure:
     for ax, title in zip(axes, titles, strict=True):
         ax.set(title=title, xlabel=HEAD_TO_TAIL)
         ax.axhline(0, color="black", lw=0.5)
-    axes[0].set(ylabel="Σ_steps Δ log π (target class)")
+    axes[0].set(ylabel=f"Σ_steps {quantity} (target class)")
     axes[2].set(ylabel="share of Σ |Δ log π|", xlabel=f"source {HEAD_TO_TAIL}")
     axes[3].set(ylabel="softmax(z(I))")
     fig.legend(
         *axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(runs), 3), fontsize="small"
     )
-    fig.suptitle(f"unified view at {kind} observations: which factor of −η T K G each method changes")
+    fig.suptitle(
+        f"unified view at {kind} observations, {QUANTITY_LABELS[quantity]}:\n"
+        "which factor of T K G each method changes"
+    )
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(runs) - 1) // 3), 1, 1))
     return fig

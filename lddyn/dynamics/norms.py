@@ -1,0 +1,108 @@
+"""Which function of θ an observation is: the normalisation mode of its forward.
+
+BatchNorm makes the function explicit. Three modes, one ``xhat`` for all of them:
+
+* ``running``: normalised by the running statistics (eval mode); a per-sample function, the one
+  a test-time prediction uses. Test images and tracked training samples are observed this way.
+* ``own``: each input normalised by its *own* statistics, as a train-mode forward of that input
+  alone does (BatchNorm2d: over its spatial positions; BatchNorm1d on vectors: a batch of one
+  copy has zero deviation, so x̂ = 0 and the layer outputs its bias). Buffers are never touched.
+  CDMAD, DyTrim and the baseline probe forward the baseline image this way, and Proposition 3 is
+  about this function, so baseline images are observed this way.
+* ``batch``: the training batch's statistics, only used inside a recorded training step.
+
+LayerNorm and GroupNorm normalise each sample by itself in every mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Layers whose train-mode forward couples samples through batch statistics.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+NORM_AFFINE = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
+RUNNING, OWN, BATCH = "running", "own", "batch"
+OBSERVATION_MODES = (RUNNING, OWN)
+
+
+def _channel_dims(a: Tensor) -> tuple[int, ...]:
+    return tuple(d for d in range(a.dim()) if d != 1)
+
+
+def channel_view(v: Tensor, a: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast against ``a`` (N, C, *spatial)."""
+    return v.view(1, -1, *([1] * (a.dim() - 2)))
+
+
+def batch_stats(a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(mean, 1/sqrt(var + eps)) per channel over the batch and positions, biased variance."""
+    var, mean = torch.var_mean(a, _channel_dims(a), correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def xhat(module: nn.Module, a: Tensor, mode: str) -> Tensor:
+    """The normalised input of a norm layer, before its affine map, in ``mode``.
+
+    ``running`` reads the module's buffers at call time, so inside ``functional_call`` it reads
+    the state that was passed in.
+    """
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
+    if isinstance(module, nn.GroupNorm):
+        return F.group_norm(a, module.num_groups, None, None, module.eps)
+    if mode == RUNNING:
+        rm, rv = module.running_mean, module.running_var
+        return (a - channel_view(rm, a)) * channel_view(torch.rsqrt(rv + module.eps), a)
+    if mode == BATCH:
+        mean, invstd = batch_stats(a, module.eps)
+        return (a - channel_view(mean, a)) * channel_view(invstd, a)
+    if a.dim() == 2:  # a vector alone: zero deviation from its own mean
+        return torch.zeros_like(a)
+    dims = tuple(range(2, a.dim()))
+    var, mean = torch.var_mean(a, dims, correction=0, keepdim=True)
+    return (a - mean) * torch.rsqrt(var + module.eps)
+
+
+def fold(module: nn.Module, t: Tensor) -> Tensor:
+    """Σ over positions per affine entry: (N, *) → (N, affine size) (channels, or LayerNorm's shape)."""
+    if isinstance(module, nn.LayerNorm):
+        width = int(torch.Size(module.normalized_shape).numel())
+        return t.reshape(t.shape[0], -1, width).sum(1)
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
+
+
+def _observed_batch_norm(module: nn.Module, mode: str):  # noqa: ANN202
+    def forward(a: Tensor) -> Tensor:
+        y = xhat(module, a, mode)
+        if module.weight is not None:
+            y = y * channel_view(module.weight, a) + channel_view(module.bias, a)
+        return y
+
+    return forward
+
+
+@contextmanager
+def observing(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """The model as the observation function of ``mode``: eval mode (dropout off) with every
+    BatchNorm normalising per ``mode``; buffers are read, never written. Restored on exit."""
+    if mode not in OBSERVATION_MODES:
+        raise ValueError(f"norm={mode!r} is not one of {OBSERVATION_MODES}")
+    modes = {m: m.training for m in model.modules()}
+    patched = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    if mode == RUNNING and any(m.running_mean is None for m in patched):
+        raise ValueError("norm='running' needs BatchNorm running statistics (track_running_stats=True)")
+    model.eval()
+    for m in patched:
+        m.forward = _observed_batch_norm(m, mode)  # an instance attribute: removed on exit
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+        for m, training in modes.items():
+            m.training = training
