@@ -1,14 +1,11 @@
-"""eNTK and step-decomposition benchmark: lddyn against the PyTorch NTK-tutorial recipes.
+"""eNTK benchmark: lddyn against the PyTorch NTK-tutorial recipes.
 
 One run, one machine, the same models and inputs for every method:
 
 * digits CNN (``build_model("cnn", num_classes=10, image_shape=(1, 8, 8))``) at O=32 x B=256;
-* WRN-28-2 at CIFAR size (3x32x32) at O in {8, 32} x B in {64, 256} (``--quick``: 8 x 64);
-* the grouped decomposition on the CNN: 10 groups, exact (one backward each) and decoupled
-  (``record.groups=decoupled``: one re-forward and one backward for all groups, plus here one
-  backward for the total, which the recorder reads from ``.grad`` instead), each mapped to the 32
-  observations by the observation Jacobian; the total alone; and a plain training
-  forward+backward for reference.
+* WRN-28-2 at CIFAR size (3x32x32) at O in {8, 32} x B in {64, 256} (``--quick``: 8 x 64).
+
+The recorder's step decomposition has its own benchmark (bench/bench_recorder.py).
 
 Peers are the two ``torch.func`` recipes of the PyTorch "Neural Tangent Kernels" tutorial,
 copied below: Jacobian contraction (vmap(jacrev) + einsum) and NTK-vector products
@@ -46,15 +43,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lddyn.dynamics import decompose_step, empirical_ntk, group_gradients  # noqa: E402
-from lddyn.dynamics.decompose import take_group_gradients  # noqa: E402
-from lddyn.dynamics.decoupled import ForwardCapture  # noqa: E402
-from lddyn.losses import LossTerm  # noqa: E402
+from lddyn.dynamics import empirical_ntk  # noqa: E402
 from lddyn.models import build_model  # noqa: E402
 
 MODELS = {"cnn": (1, 8, 8), "wrn28_2": (3, 32, 32)}
@@ -130,56 +123,12 @@ def kernel_call(case: dict, model: torch.nn.Module, x1: torch.Tensor, x2: torch.
     return lambda: tutorial_ntk_vps_rowwise(fnet_single, params, x1, x2)
 
 
-def training_terms(model: torch.nn.Module, x: torch.Tensor, groups: int) -> list[LossTerm]:
-    """One supervised term over B samples from a train-mode forward (BN batch statistics)."""
-    model.train()
-    z = model(x)["logits"]
-    y = torch.arange(len(x)) % groups
-    n = len(x)
-    return [
-        LossTerm(
-            "sup",
-            z,
-            F.one_hot(y, z.shape[1]).float(),
-            torch.ones(n),
-            float(n),
-            torch.arange(n),
-            y,
-            y,
-            torch.zeros(n, dtype=torch.long),
-        )
-    ]
-
-
-def decomposition_call(case: dict, model: torch.nn.Module, x_obs: torch.Tensor, x_train: torch.Tensor):  # noqa: ANN201
-    if case["method"] == "train-step":
-
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            sum(t.loss() for t in training_terms(model, x_train, 10)).backward()
-
-        return step
-    capture = ForwardCapture(model)
-    terms = training_terms(model, x_train, 10)
-    calls = capture.remove()
-    by = () if case["method"] == "lddyn:total" else ("source_class",)
-
-    def run():  # noqa: ANN202
-        if case["method"] == "lddyn:grouped-decoupled":  # total from .grad in the recorder: here
-            grads = take_group_gradients(model, terms, by, "decoupled", calls)  # one more backward
-            return decompose_step(model, terms, x_obs, lr=0.1, by=by, grads=grads)
-        grads = group_gradients(model, terms, by, with_total=False)
-        return decompose_step(model, terms, x_obs, lr=0.1, by=by, grads=grads)
-
-    return run
-
-
 def make_call(case: dict, method: str):  # noqa: ANN201
     """A zero-argument callable running ``method`` on the case's model and inputs."""
     torch.set_num_threads(case["threads"])
     model, x1, x2 = setup(case)
     one = {**case, "method": method}
-    return (decomposition_call if case["kind"] == "decompose" else kernel_call)(one, model, x1, x2)
+    return kernel_call(one, model, x1, x2)
 
 
 def run_memory(case: dict) -> dict:
@@ -259,23 +208,12 @@ def groups(args: argparse.Namespace) -> list[dict]:
                 "repeats": args.wrn_repeats,
             }
         )
-    out.append(
-        {
-            **common,
-            "kind": "decompose",
-            "model": "cnn",
-            "o": 32,
-            "b": 256,
-            "methods": ["lddyn:grouped", "lddyn:grouped-decoupled", "lddyn:total", "train-step"],
-            "repeats": args.repeats,
-        }
-    )
     return [g for g in out if any(args.only in f"{g['model']}:{m}" for m in g["methods"])]
 
 
 def skip_reason(group: dict, method: str) -> str | None:
     """Skip a dense-Jacobian peer whose Jacobians alone would not fit in 60% of free RAM."""
-    if group["kind"] != "ntk" or method.startswith("lddyn:"):
+    if method.startswith("lddyn:"):
         return None  # lddyn chunks under its memory budget
     need = (group["o"] + group["b"]) * 10 * num_params(group["model"]) * 4 / 2**20
     if need > 0.6 * available_mb():
@@ -337,7 +275,7 @@ def report(results: list[dict], peak: float) -> None:
         x_jac = f"{jac['time_s'] / r['time_s']:6.2f}" if jac else f"{'-':>6}"
         mem = f"{r['peak_mb'] / jac['peak_mb']:7.2f}" if jac and jac["peak_mb"] > 0 else f"{'-':>7}"
         x_best = f"{best['time_s'] / r['time_s']:6.2f}" if best else f"{'-':>6}"
-        gf = _gflops(r) if r["kind"] == "ntk" else None
+        gf = _gflops(r)
         gfs = f"{gf:8.1f} {100 * gf / peak:6.1f}" if gf else f"{'-':>8} {'-':>6}"
         print(f"{line} {r['time_s']:8.3f} {r['peak_mb']:8.0f} {x_jac} {mem} {x_best} {gfs}")
 

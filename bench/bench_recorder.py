@@ -1,29 +1,27 @@
-"""Cost of the dynamics recorder on the digits default, against unrecorded steps of the same run.
+"""Cost of the dynamics recorder against unrecorded steps of the same run, measured in one run.
 
-Cases, all on the digits-dytrim preset with every callback but the progress display:
+``--setting digits`` (default): the digits-dytrim preset through lddyn's trainer, every callback
+but the progress display. Cases:
 
 * ``unrecorded``: the recorder off;
-* ``grouped, every step``: the grouped decomposition (term x source class x correctness x status)
-  at every step, at one test image per class plus the baseline image(s), without the realised
-  update, in the default ``record.groups=decoupled`` mode (the issue's target: <= 1x an unrecorded
-  step, i.e. a recorded run <= 2x as long);
-* ``grouped (exact), every step``: the same with ``record.groups=exact`` (one backward per group
-  through the training graph);
-* ``grouped + realised, every step``: the same plus the optimiser-preconditioned prediction and
-  the measured change (two extra forwards at the observations);
-* ``grouped every step + per-sample every 50``: the grouped case plus, every 50 steps, exact
-  per-sample contributions of *every* sample of the batch (one gradient per sample through the
-  training graph, and the eval-mode eNTK K(x_o, x_b) G_b); the target is <= 50 % on average over
-  the grouped case.
+* ``recorded every step``: the grouped decomposition (term x source class x correctness x status,
+  decoupled groups plus the BatchNorm coupling) with the update split (``update_logp``), measured
+  change, drift and residual, at every step, at one test image per class plus the two baseline
+  images (target: cost <= 1.6x an unrecorded step);
+* ``recorded every step (exact groups)``: the same with ``record.groups=exact``;
+* ``default schedule (every 10)``: the digits default as it runs (target: <= 10 % of a run).
 
-The cases alternate over the repeats so machine load hits them alike; each keeps its fastest
-repeat. Ratios are against the unrecorded (or grouped) case of this same run. torch's OpenMP
-defaults apply unless ``OMP_WAIT_POLICY`` is set: on a machine shared with busy neighbours,
-``OMP_WAIT_POLICY=PASSIVE`` avoids slow-downs of up to tens of times; on an idle machine it makes
-the recorder's many small operations about 2x slower (each waits for sleeping workers), so the
-recorded numbers use the defaults and print the policy.
+``--setting reference``: the reference recipe's shapes in a plain loop of one's own through the
+public ``Recorder``: WRN-28-2, Adam, 32 labeled + 2 x 64 strong-view CIFAR-shaped synthetic images
+as three train-mode forwards (the weak view is a no-grad forward), observed at 10 test images and
+2 baseline images; unrecorded against recorded at every step.
+
+The cost column is (recorded - unrecorded) / unrecorded time per step. Cases alternate over the
+repeats so machine load hits them alike; each keeps its fastest repeat. torch's OpenMP defaults
+apply (the policy is printed).
 
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
+    python bench/bench_recorder.py --setting reference [--steps 5] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,100 +30,133 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
 
-from lddyn.config import RunConfig, load_config
-from lddyn.dynamics.recorder import DynamicsRecorder
-from lddyn.losses import LossTerm
-from lddyn.train.events import Callback
+from lddyn.config import load_config
+from lddyn.dynamics import ObservationSet, Recorder
+from lddyn.models import build_model
+from lddyn.train.callbacks.dynamics import DynamicsRecorder
 from lddyn.train.run import build_callbacks
 from lddyn.train.trainer import Trainer
 
-PER_SAMPLE_EVERY = 50
+RECORD = ["record.dynamics=true", "record.obs_per_class=1", "record.baseline=true"]
+CASES: dict[str, list[str]] = {
+    "unrecorded": ["record.dynamics=false"],
+    "recorded every step": [*RECORD, "record.every=1"],
+    "recorded every step (exact groups)": [*RECORD, "record.every=1", "record.groups=exact"],
+    "default schedule (every 10)": [*RECORD, "record.every=10"],
+}
 
 
-class WholeBatchTracker(DynamicsRecorder):
-    """Tracks every sample of the batch (not just a tracked subset) at per-sample steps."""
-
-    def _track(self, step: int, terms: list[LossTerm]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        if step % PER_SAMPLE_EVERY:
-            return {}, {}
-        track = {t.name: torch.arange(len(t.targets)) for t in terms}
-        inputs = {t.name: t.inputs for t in terms if t.inputs is not None}
-        return track, (inputs if len(inputs) == len(track) else {})
-
-
-@contextmanager
-def started_trainer(cfg: RunConfig, callbacks: list[Callback]) -> Iterator[Trainer]:
-    """A trainer in a temporary run folder, its recorder quiet, past ``train_start``."""
+def digits_steps_per_second(overrides: list[str], steps: int) -> float:
+    cfg = load_config(
+        "digits-dytrim", [f"train.steps={steps + 10}", "train.checkpoint_every=100000", *overrides]
+    )
+    callbacks = build_callbacks(cfg, progress=False)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir, callbacks)
         for c in callbacks:
             if isinstance(c, DynamicsRecorder):
                 c.console.quiet = True
         trainer.dispatch("train_start")
-        yield trainer
-
-
-def steps_per_second(overrides: list[str], steps: int, whole_batch: bool = False) -> float:
-    cfg = load_config(
-        "digits-dytrim", [f"train.steps={steps + 10}", "train.checkpoint_every=100000", *overrides]
-    )
-    callbacks = build_callbacks(cfg, progress=False)
-    if whole_batch:
-        callbacks = [WholeBatchTracker() if isinstance(c, DynamicsRecorder) else c for c in callbacks]
-    with started_trainer(cfg, callbacks) as trainer:
         for _ in range(10):  # warm-up: first touches of memory, oneDNN primitive creation
-            ctx, terms = trainer.train_step()
-            trainer.dispatch("step_end", ctx, terms)
+            trainer.dispatch("step_end", *trainer.train_step())
         start = time.perf_counter()
         while not trainer.finished:
-            ctx, terms = trainer.train_step()
-            trainer.dispatch("step_end", ctx, terms)
+            trainer.dispatch("step_end", *trainer.train_step())
         return (trainer.state.step - 10) / (time.perf_counter() - start)
 
 
-RECORD = ["record.dynamics=true", "record.every=1", "record.obs_per_class=1", "record.baseline=true"]
-CASES: dict[str, tuple[list[str], bool]] = {
-    "unrecorded": (["record.dynamics=false"], False),
-    "grouped, every step": ([*RECORD, "record.realised=false", "record.groups=decoupled"], False),
-    "grouped (exact), every step": ([*RECORD, "record.realised=false", "record.groups=exact"], False),
-    "grouped + realised, every step": ([*RECORD, "record.realised=true"], False),
-    f"grouped every step + per-sample every {PER_SAMPLE_EVERY}": (
-        [*RECORD, "record.realised=false", f"record.per_sample_every={PER_SAMPLE_EVERY}"],
-        True,
-    ),
-}
+def reference_steps_per_second(recorded: bool, steps: int, device: str) -> float:
+    """WRN-28-2 under Adam in a plain loop; the Recorder at every step when ``recorded``."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = build_model("wrn28_2", num_classes=10, image_shape=(3, 32, 32)).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.002)
+    x_test, base = torch.randn(10, 3, 32, 32, device=dev), torch.zeros(2, 3, 32, 32, device=dev)
+    base[1] += 1.0
+    sets = [ObservationSet("test", x_test, labels=torch.arange(10)), ObservationSet("baseline", base, "own")]
+    rec = Recorder(model, opt, sets, by=("term", "source_class")) if recorded else None
+
+    def step() -> None:
+        x, y = torch.randn(32, 3, 32, 32, device=dev), torch.randint(0, 10, (32,), device=dev)
+        u = torch.randn(64, 3, 32, 32, device=dev)
+        with torch.no_grad():
+            pseudo = model(u)["logits"].argmax(-1)  # the weak view
+        z = model(x)["logits"]
+        zs = torch.cat([model(u + 0.1 * torch.randn_like(u))["logits"] for _ in range(2)])
+        l_sup = F.cross_entropy(z, y, reduction="none") / len(y)
+        l_uns = F.cross_entropy(zs, pseudo.repeat(2), reduction="none") / len(zs)
+        if block is not None:
+            block.term("sup", logits=z, losses=l_sup, source_class=y)
+            block.term("unsup", logits=zs, losses=l_uns, source_class=pseudo.repeat(2))
+        opt.zero_grad()
+        (l_sup.sum() + l_uns.sum()).backward()
+        opt.step()
+
+    def timed(n: int) -> float:
+        nonlocal block
+        start = time.perf_counter()
+        for _ in range(n):
+            block = rec.step().__enter__() if rec is not None else None
+            step()
+            if block is not None:
+                block.__exit__(None, None, None)
+                block.rows()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    block = None
+    timed(2)  # warm-up
+    return steps / timed(steps)
+
+
+def table(best: dict[str, float], header: str) -> None:
+    base = best["unrecorded"]
+    print(header + "\n")
+    print("| case | steps/s | ms/step | recorder cost / unrecorded step |")
+    print("|---|---|---|---|")
+    for name, rate in best.items():
+        cost = "" if name == "unrecorded" else f"{base / rate - 1:.2f}x"
+        print(f"| {name} | {rate:.2f} | {1000 / rate:.1f} | {cost} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per case (after 10 warm-up)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    if args.steps % PER_SAMPLE_EVERY:
-        parser.error(f"--steps must be a multiple of {PER_SAMPLE_EVERY}, got {args.steps}")
-    best = dict.fromkeys(CASES, 0.0)
-    for _ in range(args.repeats):
-        for name, (overrides, whole_batch) in CASES.items():
-            best[name] = max(best[name], steps_per_second(overrides, args.steps, whole_batch))
-    base, grouped = best["unrecorded"], best["grouped, every step"]
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(
-        f"digits-dytrim, {args.steps} timed steps, best of {args.repeats}, torch threads "
-        f"{torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average at the end {load}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n"
+    parser.add_argument("--setting", choices=("digits", "reference"), default="digits")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per case (100 digits, 5 reference)"
     )
-    print("| case | steps/s | ms/step | recorder cost / unrecorded step | over grouped |")
-    print("|---|---|---|---|---|")
-    for name, rate in best.items():
-        cost = "" if name == "unrecorded" else f"{base / rate - 1:.2f}x"
-        over = "" if name in ("unrecorded", "grouped, every step") else f"{100 * (grouped / rate - 1):+.0f} %"
-        print(f"| {name} | {rate:.1f} | {1000 / rate:.1f} | {cost} | {over} |")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="reference setting: cpu | cuda")
+    args = parser.parse_args()
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    env = (
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average {load}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
+    if args.setting == "digits":
+        steps = args.steps or 100
+        best = dict.fromkeys(CASES, 0.0)
+        for _ in range(args.repeats):
+            for name, overrides in CASES.items():
+                best[name] = max(best[name], digits_steps_per_second(overrides, steps))
+        table(best, f"digits-dytrim, {steps} timed steps, best of {args.repeats}, {env}")
+        return
+    steps = args.steps or 5
+    best = {"unrecorded": 0.0, "recorded every step": 0.0}
+    for _ in range(args.repeats):
+        for name in best:
+            rate = reference_steps_per_second(name != "unrecorded", steps, args.device)
+            best[name] = max(best[name], rate)
+    table(
+        best,
+        f"WRN-28-2, 32 + 2 x 64 images, Adam, {steps} timed steps, best of {args.repeats}, "
+        f"{args.device}, {env}",
+    )
 
 
 if __name__ == "__main__":
