@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+
+matplotlib.use("Agg")  # headless: the tests choose the backend, the library never does
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.threads=1", "train.log_every=5"]

@@ -1,4 +1,9 @@
-"""The shared look of every figure: seaborn's colour-blind palette, small paper-style fonts."""
+"""The shared look of every figure: seaborn's colour-blind palette, small paper-style fonts.
+
+No backend is chosen here (the CLI and the tests choose Agg). A figure is created through pyplot, so
+the environment's backend draws it (inline in a notebook), then released from pyplot at once: the
+caller owns the returned figure, a notebook shows it once, and a report of many figures keeps none open.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 PALETTE = "colorblind"
@@ -22,9 +28,10 @@ def colors(n: int) -> list[tuple[float, float, float]]:
     return sns.color_palette(PALETTE, n)
 
 
-def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, list[plt.Axes]]:
+def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple[Figure, list[Axes]]:
     apply_theme()
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    plt.close(fig)  # the caller's figure, not pyplot's: never shown twice, never left open
     return fig, list(axes[0])
 
 
@@ -34,5 +41,4 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
     for path in paths:
         fig.savefig(path, bbox_inches="tight", dpi=150)
-    plt.close(fig)
     return paths
