@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from lddyn.suggest import did_you_mean
+
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -283,7 +285,9 @@ def build_section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], f"one of the keys {sorted(fields)}")
+        hint = did_you_mean(unknown[0], fields)
+        allowed = f"one of the keys {sorted(fields)}" + (f"; {hint}" if hint else "")
+        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], allowed)
     kwargs = {}
     for name, raw in values.items():
         key = f"{prefix}{name}"
@@ -329,9 +333,17 @@ def preset_path(name_or_path: str, directory: Path = PRESET_DIR) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError("preset", name_or_path, "a preset name or an existing YAML file (no such file)")
     matches = sorted(directory.rglob(f"{name_or_path}.yaml"))
     if not matches:
-        raise ConfigError("preset", name_or_path, f"one of {preset_names(directory)} or a YAML file path")
+        names = preset_names(directory)
+        hint = did_you_mean(name_or_path, names) or "no preset has a similar name"
+        raise ConfigError(
+            "preset",
+            name_or_path,
+            f"a preset name or a YAML file path; {hint} (`lddyn ls` lists all {len(names)})",
+        )
     return matches[0]
 
 
@@ -375,7 +387,8 @@ def _override_method(raw: dict[str, Any], parts: list[str], value: Any, key: str
     entry = next((m for m in methods if m.get("name") == parts[0]), None)
     if entry is None:
         present = [m.get("name") for m in methods]
-        raise ConfigError(key, value, f"a method in the run's list {present}")
+        hint = did_you_mean(parts[0], [str(p) for p in present])
+        raise ConfigError(key, value, f"a method in the run's list {present}" + (f"; {hint}" if hint else ""))
     if len(parts) != 2:
         raise ConfigError(key, value, "methods.NAME.key=value")
     entry[parts[1]] = value

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from lddyn.suggest import did_you_mean
+
 T = TypeVar("T")
 
 
@@ -24,7 +26,10 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {sorted(self._items)}")
+            hint = did_you_mean(name, self._items)
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; {hint + ' ' if hint else ''}valid names: {self.names()}"
+            )
         return self._items[name]
 
     def names(self) -> list[str]:

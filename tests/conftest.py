@@ -24,16 +24,18 @@ def _seed() -> None:
     np.random.seed(0)
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, check: bool = True, timeout: float = 600, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``lddyn ARGS`` as a user would, in a subprocess; returns the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "lddyn.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"lddyn {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
