@@ -139,6 +139,7 @@ def prop3(
 ) -> None:
     """Proposition 3: is softmax(z(k*1)) the same for every k, and equal to softmax(bias path)?"""
     from lddyn.checks.prop3 import APPROX_REL, CASES, EXACT_TOL, check_prop3
+    from lddyn.cli.prop3_view import show_prop3
 
     try:
         ks = [float(v) for v in grid.split(",") if v.strip()]
@@ -147,37 +148,11 @@ def prop3(
         return
     cases = [c for c in CASES if not (quick and c.model == "wrn28_2")]
     frame = check_prop3(cases, ks, seed)
-    show_prop3(frame, f"exact: centred-logit change <= {EXACT_TOL:g}; approximate: <= {APPROX_REL:g}")
+    title = "Proposition 3: π(I_k) = softmax(b) for every colour k of I_k = k·1?"
+    rule = f"exact: change <= {EXACT_TOL:g}; approximate: <= {APPROX_REL:g}"
+    show_prop3(console, frame, title, rule)
     if frame.contradicts.any():
         raise typer.Exit(code=1)
-
-
-PROP3_COLUMNS = {
-    "case": "case",
-    "inside": "inside",
-    "logit_spread": "spread of z over k",
-    "rel_spread": "(rel.)",
-    "spread_k_pos": "k > 0 only",
-    "dist_b": "max |z - b|",
-    "rel_dist_b": "(rel.) ",
-    "invariance": "invariance",
-    "bias_path": "= softmax(b)",
-}
-
-
-def show_prop3(frame: pd.DataFrame, rule: str) -> None:
-    """The verdict table, the reason of every case, and the verdict rule."""
-    shown = frame[list(PROP3_COLUMNS)].rename(columns=PROP3_COLUMNS)
-    shown["counted"] = frame.contradicts.map({True: "CONTRADICTS", False: "-"})
-    print_frame(shown, "Proposition 3: pi(k*1) = softmax(b) for every colour k?", digits=2)
-    for _, row in frame.iterrows():
-        console.print(f"[bold]{row.case}[/]: {row.why}", highlight=False, soft_wrap=True)
-    console.print(
-        f"Logits are centred (softmax ignores a common shift); rel. = relative to the logits' spread over "
-        f"noise images. {rule} of that spread. inside = the proposition's assumptions hold; only those "
-        "cases are counted, and a counted case must be exact on both.",
-        highlight=False,
-    )
 
 
 @check_app.command("prior")
