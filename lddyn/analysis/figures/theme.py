@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 PALETTE = "colorblind"
 DIVERGING = "vlag"  # blue-white-red, readable with the common colour-vision deficiencies
@@ -33,6 +34,15 @@ def new_figure(ncols: int = 1, width: float = 4.0, height: float = 3.0) -> tuple
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     plt.close(fig)  # the caller's figure, not pyplot's: never shown twice, never left open
     return fig, list(axes[0])
+
+
+def legend_outside(ax: Axes, max_rows: int = 12, **options: object) -> Legend:
+    """The axes' legend to its right, outside the plotting area, so it never covers data; the
+    figure's tight layout and the tight bounding box of ``save`` make room for it. Entries run
+    in columns of at most ``max_rows``."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    options = {"fontsize": "x-small", "ncol": max(-(-entries // max_rows), 1), **options}
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **options)
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
