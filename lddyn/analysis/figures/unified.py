@@ -1,6 +1,6 @@
 """The unified view: the same observation set under several methods, one line per run.
 
-Every method reshapes the same first-order step Δlog π = −η T K G (DESIGN.md §1). Panels: the
+Every method reshapes the same first-order step Δlog π = −η T K G (docs/design.md). Panels: the
 supervised and the consistency contributions to each target class (Σ over recorded steps, mean
 over test observations) show changes of G's direction (logit adjustment on the supervised term,
 CDMAD on the consistency term); the share of the update's mass by source class shows changes of
