@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lddyn.suggest import did_you_mean
+from lddyn.suggest import hint
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -286,8 +286,7 @@ def build_section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        hint = did_you_mean(unknown[0], fields)
-        allowed = f"one of the keys {sorted(fields)}" + (f"; {hint}" if hint else "")
+        allowed = f"one of the keys {sorted(fields)}{hint(unknown[0], fields)}"
         raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], allowed)
     kwargs = {}
     for name, raw in values.items():
@@ -339,12 +338,8 @@ def preset_path(name_or_path: str, directory: Path = PRESET_DIR) -> Path:
     matches = sorted(directory.rglob(f"{name_or_path}.yaml"))
     if not matches:
         names = preset_names(directory)
-        hint = did_you_mean(name_or_path, names) or "no preset has a similar name"
-        raise ConfigError(
-            "preset",
-            name_or_path,
-            f"a preset name or a YAML file path; {hint} (`lddyn ls` lists all {len(names)})",
-        )
+        listed = f"{hint(name_or_path, names)} (`lddyn ls` lists all {len(names)})"
+        raise ConfigError("preset", name_or_path, f"a preset name or a YAML file path{listed}")
     return matches[0]
 
 
@@ -388,8 +383,9 @@ def _override_method(raw: dict[str, Any], parts: list[str], value: Any, key: str
     entry = next((m for m in methods if m.get("name") == parts[0]), None)
     if entry is None:
         present = [m.get("name") for m in methods]
-        hint = did_you_mean(parts[0], [str(p) for p in present])
-        raise ConfigError(key, value, f"a method in the run's list {present}" + (f"; {hint}" if hint else ""))
+        raise ConfigError(
+            key, value, f"a method in the run's list {present}{hint(parts[0], map(str, present))}"
+        )
     if len(parts) != 2:
         raise ConfigError(key, value, "methods.NAME.key=value")
     entry[parts[1]] = value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from lddyn.suggest import did_you_mean
+from lddyn.suggest import hint
 
 T = TypeVar("T")
 
@@ -26,9 +26,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            hint = did_you_mean(name, self._items)
             raise KeyError(
-                f"unknown {self.kind} {name!r}; {hint + ' ' if hint else ''}valid names: {self.names()}"
+                f"unknown {self.kind} {name!r}; valid names: {self.names()}{hint(name, self._items)}"
             )
         return self._items[name]
 

@@ -25,3 +25,9 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """``"did you mean 'a'?"`` (or 'a' or 'b'), or ``""`` when no valid name is close."""
     close = close_names(value, choices)
     return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def hint(value: object, choices: Iterable[str]) -> str:
+    """``"; did you mean 'a'?"`` to append to an error's allowed values, or ``""``."""
+    text = did_you_mean(value, choices)
+    return f"; {text}" if text else ""
