@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lddyn.suggest import did_you_mean
+from lddyn.suggest import hint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,8 +54,7 @@ def check_runs(runs: list[Path], figure: str) -> list[Path]:
     from lddyn.analysis.figures import FIGURES, MULTI_RUN, REQUIRES, available
 
     if figure not in FIGURES:
-        hint = did_you_mean(figure, FIGURES)
-        raise ValueError(f"no figure {figure!r}; {hint + ' ' if hint else ''}figures: {', '.join(FIGURES)}")
+        raise ValueError(f"no figure {figure!r}; figures: {', '.join(FIGURES)}{hint(figure, FIGURES)}")
     if len(runs) > 1 and figure not in MULTI_RUN:
         raise ValueError(
             f"figure {figure!r} draws one run, {len(runs)} given (figures of several runs: "
