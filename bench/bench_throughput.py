@@ -1,7 +1,7 @@
 """Training throughput of the reference recipe: lddyn's device-side pipeline against a per-image
 DataLoader pipeline with PIL augmentation, on synthetic CIFAR-shaped data.
 
-Recipe (PIPELINE.md sections 4 and 13): WRN-28-2, 10 classes, 32 labeled + 64 unlabeled images per
+Recipe (docs/recipe.md): WRN-28-2, 10 classes, 32 labeled + 64 unlabeled images per
 step, one weak and two strong views per unlabeled image (RandAugment(3, 4), crop, flip, Cutout 16),
 a no-grad train-mode forward of the weak views for the soft pseudo-labels, three separate
 training forwards (labeled, strong 1, strong 2), Adam 0.0015 and the EMA step.

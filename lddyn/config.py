@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from lddyn.suggest import hint
+
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -69,6 +71,7 @@ def one_of(default: str, *choices: str) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
+    # the data source (docs/data.md)
     dataset: str = one_of("digits", "digits", "cifar10", "cifar100", "stl10", "smallimagenet127", "mnist")
     root: str | None = None  # folder holding the original files (docs/data.md); never downloaded
     # side of the images the model sees; None = the files' own (STL-10 96, MNIST 28, CIFAR 32);
@@ -80,24 +83,24 @@ class DataConfig:
     imb_ratio: float = at_least(20.0, 1.0)  # gamma_l
     imb_ratio_u: float = at_least(20.0, 1.0)  # gamma_u
     reverse_unlabeled: bool = False  # reverse the per-class extra unlabeled counts (tail-heavy U)
-    test_per_class: int = at_least(50, 1)
+    test_per_class: int = at_least(50, 1)  # digits and MNIST: test images held out per class
     shuffle_within_class: bool = True  # False = file order, as the reference does for CIFAR-10/STL-10
     # with shuffle_within_class: draw as the reference's CIFAR-100 code (np.random.seed(data_seed),
     # np.random.shuffle per class; seed 0 = file order), so its splits are matched index for index
     legacy_shuffle: bool = False
-    data_seed: int = 0
+    data_seed: int = 0  # seed of the split (which samples are labeled, unlabeled, test)
     flip: bool = False  # horizontal flips (off for digits, whose classes are not mirror-symmetric)
-    ra_n: int = non_negative(3)
-    ra_m: float = _f(4.0, lambda v: 0 <= v <= 30, "in [0, 30]")
+    ra_n: int = non_negative(3)  # RandAugment operations per strong view
+    ra_m: float = _f(4.0, lambda v: 0 <= v <= 30, "in [0, 30]")  # RandAugment magnitude (0..30 scale)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = one_of("cnn", "cnn", "mlp", "wrn28_2", "resnet50")
-    width: int = at_least(32, 1)
-    norm: str = one_of("batch", "batch", "layer", "none")
-    bn_momentum: float = unit_closed(0.1)
-    bn_eps: float = positive(1e-5)
+    name: str = one_of("cnn", "cnn", "mlp", "wrn28_2", "resnet50")  # architecture (lddyn/models)
+    width: int = at_least(32, 1)  # cnn and mlp: channels / hidden units (WRN and ResNet: fixed)
+    norm: str = one_of("batch", "batch", "layer", "none")  # cnn and mlp: normalisation layers
+    bn_momentum: float = unit_closed(0.1)  # BatchNorm running statistics: the new batch's weight
+    bn_eps: float = positive(1e-5)  # BatchNorm epsilon added to the variance
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ class SSLConfig:
     num_strong: int = at_least(2, 1)  # strong views per unlabeled image
     tau: float = unit_closed(0.0)  # confidence threshold of the pseudo-label mask
     hard_label: bool = False  # one-hot pseudo-targets instead of soft ones
-    temperature: float = positive(1.0)
-    lambda_u: float = non_negative(1.0)
+    temperature: float = positive(1.0)  # softmax temperature of the weak-view pseudo-targets
+    lambda_u: float = non_negative(1.0)  # weight of the consistency term
     pseudo_label_mode: str = one_of("train", "train", "eval")  # model mode of the weak-view forward
     separate_bn_batches: bool = True  # forward labeled and each strong view as separate BN batches
     baseline_value: float = 0.0  # colour k of the baseline image, in normalised space
@@ -116,24 +119,24 @@ class SSLConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = one_of("adam", "adam", "sgd")
-    lr: float = positive(0.0015)
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = unit_closed(0.9)
-    nesterov: bool = True
+    name: str = one_of("adam", "adam", "sgd")  # optimiser
+    lr: float = positive(0.0015)  # learning rate (the start of the schedule)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    momentum: float = unit_closed(0.9)  # SGD momentum
+    nesterov: bool = True  # SGD: Nesterov momentum
     weight_decay: float = non_negative(0.0)  # coupled decay inside the optimiser
     ema_weight_decay: float = non_negative(0.04)  # decoupled: state *= 1 - wd * lr after each step
-    schedule: str = one_of("constant", "constant", "cosine")
+    schedule: str = one_of("constant", "constant", "cosine")  # cosine: FixMatch's lr * cos(7 pi k / (16 K))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = at_least(1500, 1)
-    seed: int = 0
-    ema: float = unit_closed(0.999)
-    eval_every: int = at_least(100, 1)
-    checkpoint_every: int = at_least(250, 1)
-    log_every: int = at_least(10, 1)
+    steps: int = at_least(1500, 1)  # training steps K (one labeled + unlabeled batch each)
+    seed: int = 0  # seed of the initial weights, batches and augmentations
+    ema: float = unit_closed(0.999)  # decay of the weights' moving average, the evaluated model
+    eval_every: int = at_least(100, 1)  # evaluate on the test split every N steps
+    checkpoint_every: int = at_least(250, 1)  # write checkpoint.pt every N steps
+    log_every: int = at_least(10, 1)  # rows of the train table every N steps
     device: str = "auto"  # auto (cuda when one is visible, else cpu) | cpu | cuda | cuda:N
     threads: int = non_negative(0)  # 0 = torch's default
     precision: str = one_of("fp32", "fp32", "bf16")  # bf16 = autocast of the training forwards
@@ -154,8 +157,8 @@ class DistributedConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    baseline: bool = False
-    every: int = at_least(25, 1)
+    baseline: bool = False  # probe pi(I) of the baseline images (= --probe baseline)
+    every: int = at_least(25, 1)  # probe every N steps
     colors: tuple[float, ...] = (0.0, 1.0)  # baseline colours k, in normalised space
 
 
@@ -166,7 +169,7 @@ GROUPINGS = ("term", "source_class", "correct", "status")
 class RecordConfig:
     """The dynamics recorder (``--record dynamics``): when, at which observations, split how."""
 
-    dynamics: bool = False
+    dynamics: bool = False  # record the first-order dynamics of training steps (docs/dynamics.md)
     every: int = at_least(10, 1)  # record every N steps ...
     dense_until: int = non_negative(0)  # ... and at every step up to this one
     obs_per_class: int = non_negative(1)  # test images per class observed (running statistics)
@@ -176,6 +179,7 @@ class RecordConfig:
     baseline_norm: str = one_of("own", "own", "running")
     # training samples tracked per set (labeled, unlabeled), spread over classes (running statistics)
     tracked: int = non_negative(0)
+    # grouping keys: loss term, source class, pseudo-label correctness, pruning status
     by: tuple[str, ...] = _f(
         GROUPINGS, lambda v: set(v) <= set(GROUPINGS) and len(v) > 0, f"a non-empty subset of {GROUPINGS}"
     )
@@ -197,7 +201,7 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    preset: str = "digits-dytrim"
+    preset: str = "digits-dytrim"  # name of the preset the run started from (its file name)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     ssl: SSLConfig = SSLConfig()
@@ -288,7 +292,8 @@ def build_section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], f"one of the keys {sorted(fields)}")
+        allowed = f"one of the keys {sorted(fields)}{hint(unknown[0], fields)}"
+        raise ConfigError(f"{prefix}{unknown[0]}", values[unknown[0]], allowed)
     kwargs = {}
     for name, raw in values.items():
         key = f"{prefix}{name}"
@@ -337,9 +342,13 @@ def preset_path(name_or_path: str, directory: Path = PRESET_DIR) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError("preset", name_or_path, "a preset name or an existing YAML file (no such file)")
     matches = sorted(directory.rglob(f"{name_or_path}.yaml"))
     if not matches:
-        raise ConfigError("preset", name_or_path, f"one of {preset_names(directory)} or a YAML file path")
+        names = preset_names(directory)
+        listed = f"{hint(name_or_path, names)} (`lddyn ls` lists all {len(names)})"
+        raise ConfigError("preset", name_or_path, f"a preset name or a YAML file path{listed}")
     return matches[0]
 
 
@@ -383,7 +392,9 @@ def _override_method(raw: dict[str, Any], parts: list[str], value: Any, key: str
     entry = next((m for m in methods if m.get("name") == parts[0]), None)
     if entry is None:
         present = [m.get("name") for m in methods]
-        raise ConfigError(key, value, f"a method in the run's list {present}")
+        raise ConfigError(
+            key, value, f"a method in the run's list {present}{hint(parts[0], map(str, present))}"
+        )
     if len(parts) != 2:
         raise ConfigError(key, value, "methods.NAME.key=value")
     entry[parts[1]] = value

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from lddyn.suggest import hint
+
 T = TypeVar("T")
 
 
@@ -24,7 +26,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {sorted(self._items)}")
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; valid names: {self.names()}{hint(name, self._items)}"
+            )
         return self._items[name]
 
     def names(self) -> list[str]:

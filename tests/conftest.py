@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+
+matplotlib.use("Agg")  # headless: the tests choose the backend, the library never does
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.threads=1", "train.log_every=5"]
@@ -21,16 +24,18 @@ def _seed() -> None:
     np.random.seed(0)
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, check: bool = True, timeout: float = 600, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``lddyn ARGS`` as a user would, in a subprocess; returns the completed process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "lddyn.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"lddyn {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -15,6 +15,7 @@ from lddyn.checks import prop3
 from lddyn.cli.main import app
 from lddyn.sinks.parquet import ParquetSink
 from lddyn.sinks.runinfo import write_json_atomic
+from tests.conftest import cli
 
 SMALL = {c.name: c for c in prop3.CASES if c.model != "wrn28_2"}
 runner = CliRunner()
@@ -70,11 +71,41 @@ def test_cli_prop3_exit_code_follows_counted_cases(monkeypatch: pytest.MonkeyPat
     ok = runner.invoke(app, ["check", "prop3", "--grid", "-1,0,1"])
     assert ok.exit_code == 0, ok.output
     assert "mlp BN-running" in ok.output and "fails" in ok.output and "CONTRADICTS" not in ok.output
+    assert ok.output.strip().splitlines()[-1] == (
+        "verdict: Proposition 3 holds: all 1 cases inside its assumptions are exact "
+        "(1 cases outside them are reported, not judged)."
+    )
     wrong = replace(SMALL["mlp BN-running"], name="claimed inside", inside=True)
     monkeypatch.setattr(prop3, "CASES", (*passing, wrong))
     bad = runner.invoke(app, ["check", "prop3", "--grid", "-1,0,1"])
     assert bad.exit_code == 1 and "CONTRADICTS" in bad.output
+    assert bad.output.strip().splitlines()[-1] == (
+        "verdict: Proposition 3 is CONTRADICTED by 1 of 2 cases inside its assumptions: claimed inside."
+    )
     assert runner.invoke(app, ["check", "prop3", "--grid", "a,b"]).exit_code == 2
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_cli_prop3_cases_never_wrap_into_phantom_rows(columns: int) -> None:
+    """Narrow: one block per case, its name whole on its heading line; wide: one table row per case,
+    under headers that say what each column holds; both end with the verdict line."""
+    proc = cli("check", "prop3", "--quick", "--grid", "-1,0,1", env={"COLUMNS": str(columns)})
+    lines = [line.rstrip() for line in proc.stdout.splitlines()]
+    assert max(len(line) for line in lines[:-1]) <= columns  # the verdict line may run on
+    assert lines[-1].startswith("verdict: Proposition 3 holds: all 2 cases inside its assumptions")
+    names = list(SMALL)
+    starting = [line for line in lines if any(line.lstrip().startswith(n) for n in names)]
+    if columns == 80:
+        headings = [line for line in lines if any(line.startswith(f"{n}: assumptions hold") for n in names)]
+        assert len(headings) == len(names)
+        return
+    rule = next(i for i, line in enumerate(lines) if line.lstrip().startswith("───"))
+    rows = lines[rule + 1 : rule + 1 + len(names)]
+    assert [next(n for n in sorted(names, key=len)[::-1] if r.lstrip().startswith(n)) for r in rows] == names
+    assert not lines[rule + 1 + len(names)].strip()  # nothing else in the table body
+    header = " ".join(lines[rule - 2 : rule])
+    assert "contradicts" in header and "counted" not in header and "noise" in header
+    assert len(starting) == 2 * len(names)  # each name again on its reason line
 
 
 def test_controlled_prior_converges_to_the_label_distribution() -> None:

@@ -72,3 +72,38 @@ def test_config_doc_is_in_sync() -> None:
     from tests.conftest import ROOT
 
     assert (ROOT / "docs" / "config.md").read_text() == config_markdown()
+
+
+def test_config_doc_describes_keys_from_field_comments(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The description column is the field's comment: lines above, on its line, a multi-line field;
+    a '#' inside a string is no comment; a field without a comment gets its section's docstring."""
+    import importlib.util
+    import sys
+
+    from lddyn.config_docs import field_comments
+    from tests.conftest import ROOT
+
+    source = tmp_path / "sections.py"
+    source.write_text(
+        "from dataclasses import dataclass, field\n\n\n"
+        "@dataclass\nclass Section:\n"
+        '    """What the section holds.\n\n    More about it."""\n\n'
+        "    # read above the field,\n    # over two lines\n    above: int = 1\n"
+        "    trailing: str = '#not a comment'  # after the field\n"
+        "    spread: tuple = field(\n        default=(1, 2),  # inside the field\n    )\n"
+        "    bare: bool = True\n"
+    )
+    spec = importlib.util.spec_from_file_location("sections", source)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sections", module)
+    spec.loader.exec_module(module)
+    assert field_comments(module.Section) == {
+        "above": "read above the field, over two lines",
+        "trailing": "after the field",
+        "spread": "inside the field",
+        "bare": "What the section holds.",
+    }
+    doc = (ROOT / "docs" / "config.md").read_text()
+    assert "| key | default | allowed | description |" in doc
+    assert "| `data.num_max` | `40` | >= 1 | N1: labeled count of the head class |" in doc
+    assert "| `train.device` | `'auto'` |" in doc and "cuda when one is visible" in doc

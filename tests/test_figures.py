@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from typer.testing import CliRunner
 
 from lddyn.analysis import dynamics
@@ -88,6 +90,39 @@ def test_figure_content(runs: dict[str, Path]) -> None:
     assert any(lbl.startswith("logit_adjust: G direction") for lbl in labels)
     with pytest.raises(ValueError, match="recorded steps"):
         FIGURES["step_dynamics"]([runs["dytrim"]], step=5)
+
+
+def legends_and_data(fig) -> tuple[list, list]:  # noqa: ANN001
+    """Window extents of the figure's legends and of every plotted artist (lines, bars, meshes)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    boxes = [
+        artist.get_window_extent(renderer)
+        for ax in fig.axes
+        for artist in (*ax.lines, *ax.collections, *ax.patches)
+        if artist.get_visible()
+    ]
+    drawn = [b for b in boxes if np.isfinite(b.bounds).all() and (b.width > 0 or b.height > 0)]
+    return [lg.get_window_extent(renderer) for lg in legends], drawn
+
+
+@pytest.mark.parametrize("name", ["baseline_prior", "bias_accumulation", "pruning"])
+def test_legends_never_cover_data(name: str, runs: dict[str, Path]) -> None:
+    legends, drawn = legends_and_data(FIGURES[name]([runs["dytrim"]]))
+    assert legends and len(drawn) > 10
+    for legend in legends:
+        covered = [b for b in drawn if legend.overlaps(b)]
+        assert not covered, (name, legend, covered[:3])
+
+
+def test_labeled_prior_is_in_the_baseline_prior_legend(runs: dict[str, Path]) -> None:
+    fig = FIGURES["baseline_prior"]([runs["dytrim"]])
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "labeled prior" in texts and "0" in texts
+    dotted = [line for line in fig.axes[0].lines if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert len(dotted) == 10  # one labeled-prior line per class
 
 
 def test_available_lists_only_present_tables(runs: dict[str, Path], tmp_path: Path) -> None:

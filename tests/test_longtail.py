@@ -1,4 +1,5 @@
-"""The long-tail count formula against every row of PIPELINE.md's table, and the split semantics."""
+"""The long-tail count formula against every row of the split table (docs/recipe.md), and the split
+semantics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each method changes exactly what DESIGN.md section 1 says it changes, and nothing else."""
+"""Each method changes exactly what docs/design.md says it changes, and nothing else."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""BMB, alternate sampling, FlexMatch and FreeMatch: each rule against its definition (BASELINES.md).
+"""BMB, alternate sampling, FlexMatch and FreeMatch: each rule against its definition (docs/methods.md).
 
 Loss terms and weights are checked through the dynamics recorder's per-term split: the logit
 gradient G it reads per term must equal weight * (softmax(z) - target) / norm with the weights
-BASELINES.md defines, computed here independently from the model outputs.
+docs/methods.md defines, computed here independently from the model outputs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""WRN-28-2 and ResNet-50 (CIFAR stem) against the reference's architecture facts (PIPELINE.md §3):
+"""WRN-28-2 and ResNet-50 (CIFAR stem) against the reference's architecture facts (docs/recipe.md):
 parameter counts from closed forms, block wiring, activations, BatchNorm settings, initialisation."""
 
 from __future__ import annotations

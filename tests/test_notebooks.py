@@ -1,7 +1,10 @@
-"""The notebooks (jupytext percent files) execute top to bottom without a failing cell."""
+"""The notebooks (jupytext percent files) execute top to bottom without a failing cell, and every cell
+that builds a figure shows it (inline, once)."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import jupytext
@@ -9,6 +12,12 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
+BUILDS_FIGURE = re.compile(r"FIGURES\[|plt\.subplots\(|plt\.figure\(")
+
+
+def images(cell: dict) -> list[str]:
+    """The output types of the cell's outputs that carry a PNG image."""
+    return [o.output_type for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
 
 
 @pytest.mark.slow
@@ -19,7 +28,9 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
     )
-    client.execute()  # raises CellExecutionError naming the failing cell
+    # the kernel draws with its own inline backend, as in Jupyter: not with the tests' Agg
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    client.execute(env=env)  # raises CellExecutionError naming the failing cell
     errors = [
         o
         for c in notebook.cells
@@ -28,3 +39,10 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         if o.output_type == "error"
     ]
     assert not errors
+    drawing = [c for c in notebook.cells if c.cell_type == "code" and BUILDS_FIGURE.search(c.source)]
+    assert drawing, "every notebook draws at least one figure"
+    for cell in drawing:
+        shown = images(cell)
+        assert shown, f"no image shown by the cell:\n{cell.source}"
+        # the returned figure and pyplot's end-of-cell flush would both show the same figure
+        assert {"execute_result", "display_data"} - set(shown), f"a figure shown twice:\n{cell.source}"

@@ -1,5 +1,5 @@
-"""Every preset under experiments/ (recursively) validates, matches PIPELINE.md §9's settings, and
-builds its data from tiny files in the original format."""
+"""Every preset under experiments/ (recursively) validates, matches the published settings
+(docs/recipe.md), and builds its data from tiny files in the original format."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_preset_validates(path: Path) -> None:
         assert cfg.model.name == ("resnet50" if cfg.data.dataset == "smallimagenet127" else "wrn28_2")
 
 
-# |L| and |U| (U includes L) of PIPELINE.md §1's table
+# |L| and |U| (U includes L) of the split table in docs/recipe.md
 TOTALS = {
     "cifar10-lt50": (4196, 12593),
     "cifar10-lt100": (3720, 11163),

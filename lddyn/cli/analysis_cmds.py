@@ -1,19 +1,26 @@
-"""``lddyn report`` and ``lddyn check prop3 | prior``: thin commands over lddyn.analysis and lddyn.checks.
+"""``lddyn plot``, ``lddyn report`` and ``lddyn check prop3 | prior``: thin commands over lddyn.analysis
+and lddyn.checks.
 
 The checks print a table and exit 1 only when a theory's prediction is contradicted inside its
 assumptions; cases outside them are printed with their verdict and never change the exit code.
-Bad input (no run, missing table) exits 2 with one error line, like the other commands.
+Bad input (no run, missing table) exits 2 with one error line, like the other commands. pandas,
+matplotlib and torch are imported inside the commands, so that ``lddyn --help`` stays light.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from lddyn.suggest import hint
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WIDTH = shutil.get_terminal_size((140, 24)).columns  # rich would wrap at 80 when piped
 console = Console(width=WIDTH)
@@ -26,6 +33,8 @@ INPUT_ERRORS = (FileNotFoundError, ValueError)
 
 def print_frame(frame: pd.DataFrame, title: str, digits: int = 4) -> None:
     """A DataFrame as a rich table; floats in general format with ``digits`` significant digits."""
+    import pandas as pd
+
     table = Table(title=title, title_justify="left")
     for col in frame.columns:
         table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
@@ -39,6 +48,59 @@ def input_error(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
+def check_runs(runs: list[Path], figure: str) -> list[Path]:
+    """The runs the figure draws, each an existing run with the tables the figure reads."""
+    from lddyn.analysis.dynamics import has_table
+    from lddyn.analysis.figures import FIGURES, MULTI_RUN, REQUIRES, available
+
+    if figure not in FIGURES:
+        raise ValueError(f"no figure {figure!r}; figures: {', '.join(FIGURES)}{hint(figure, FIGURES)}")
+    if len(runs) > 1 and figure not in MULTI_RUN:
+        raise ValueError(
+            f"figure {figure!r} draws one run, {len(runs)} given (figures of several runs: "
+            f"{', '.join(MULTI_RUN)}; lddyn report draws every figure of every run)"
+        )
+    for run in runs:
+        if not (run / "run.json").is_file():
+            what = "does not exist" if not run.exists() else "is not an lddyn run directory (no run.json)"
+            raise FileNotFoundError(f"run {run} {what}")
+        missing = [t for t in REQUIRES[figure] if not has_table(run, t)]
+        if missing:
+            raise FileNotFoundError(
+                f"run {run} has no {' or '.join(missing)} table, which figure {figure!r} reads; "
+                f"figures this run has: {', '.join(available(run)) or 'none'}"
+            )
+    return runs
+
+
+def plot(
+    runs: list[Path] = typer.Argument(..., help="run directories"),
+    figure: str = typer.Option("recall", "--figure", "-f", help="figure name (lddyn ls lists them)"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="output folder; default: the run's own figures/ (required with several runs)",
+    ),
+) -> None:
+    """Draw one figure (PDF and PNG) into the run's own figures/ folder, or into --out.
+
+    A figure of several runs (recall, unified) belongs to none of them: give --out.
+    """
+    from lddyn.analysis.figures import FIGURES, SKIPPABLE, save
+
+    try:
+        check_runs(runs, figure)
+        if out is None and len(runs) > 1:
+            raise ValueError(f"{len(runs)} runs given: name the output folder with --out")
+        folder = out if out is not None else runs[0] / "figures"
+        written = save(FIGURES[figure](runs), folder / figure)
+    except SKIPPABLE as exc:
+        input_error(exc)
+        return
+    console.print(" ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
 def report(
     runs: list[str] = typer.Argument(..., help="run directories or glob patterns"),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="output folder"),
@@ -47,6 +109,8 @@ def report(
     ),
 ) -> None:
     """Every available figure of the runs, and a results table (Markdown and CSV)."""
+    import pandas as pd
+
     from lddyn.analysis.report import write_report
     from lddyn.analysis.results import percent_columns
 
@@ -74,6 +138,7 @@ def prop3(
 ) -> None:
     """Proposition 3: is softmax(z(k*1)) the same for every k, and equal to softmax(bias path)?"""
     from lddyn.checks.prop3 import APPROX_REL, CASES, EXACT_TOL, check_prop3
+    from lddyn.cli.prop3_view import show_prop3
 
     try:
         ks = [float(v) for v in grid.split(",") if v.strip()]
@@ -82,37 +147,11 @@ def prop3(
         return
     cases = [c for c in CASES if not (quick and c.model == "wrn28_2")]
     frame = check_prop3(cases, ks, seed)
-    show_prop3(frame, f"exact: centred-logit change <= {EXACT_TOL:g}; approximate: <= {APPROX_REL:g}")
+    title = "Proposition 3: π(I_k) = softmax(b) for every colour k of I_k = k·1?"
+    rule = f"exact: change <= {EXACT_TOL:g}; approximate: <= {APPROX_REL:g}"
+    show_prop3(console, frame, title, rule)
     if frame.contradicts.any():
         raise typer.Exit(code=1)
-
-
-PROP3_COLUMNS = {
-    "case": "case",
-    "inside": "inside",
-    "logit_spread": "spread of z over k",
-    "rel_spread": "(rel.)",
-    "spread_k_pos": "k > 0 only",
-    "dist_b": "max |z - b|",
-    "rel_dist_b": "(rel.) ",
-    "invariance": "invariance",
-    "bias_path": "= softmax(b)",
-}
-
-
-def show_prop3(frame: pd.DataFrame, rule: str) -> None:
-    """The verdict table, the reason of every case, and the verdict rule."""
-    shown = frame[list(PROP3_COLUMNS)].rename(columns=PROP3_COLUMNS)
-    shown["counted"] = frame.contradicts.map({True: "CONTRADICTS", False: "-"})
-    print_frame(shown, "Proposition 3: pi(k*1) = softmax(b) for every colour k?", digits=2)
-    for _, row in frame.iterrows():
-        console.print(f"[bold]{row.case}[/]: {row.why}", highlight=False, soft_wrap=True)
-    console.print(
-        f"Logits are centred (softmax ignores a common shift); rel. = relative to the logits' spread over "
-        f"noise images. {rule} of that spread. inside = the proposition's assumptions hold; only those "
-        "cases are counted, and a counted case must be exact on both.",
-        highlight=False,
-    )
 
 
 @check_app.command("prior")

@@ -1,31 +1,48 @@
-"""``lddyn`` command line: a thin layer over the library."""
+"""``lddyn`` command line: a thin layer over the library.
+
+Only light modules are imported here: torch, pandas and matplotlib load inside the commands that
+need them, so ``lddyn --help`` and ``lddyn --version`` answer at once.
+"""
 
 from __future__ import annotations
 
-import sys
+import os
 import time
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from lddyn.config import ConfigError, load_config, preset_names, preset_path
-from lddyn.methods import METHODS
-from lddyn.sinks.parquet import CorruptPartError
-from lddyn.train.distributed import is_main_process, world_from_env
-from lddyn.train.run import RunDirError, resume_run, start_run
+from lddyn.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Learning dynamics of long-tailed SSL.")
 console = Console()
 err = Console(stderr=True)
 
-EXPECTED = (ConfigError, RunDirError, CorruptPartError, FileNotFoundError, ValueError)
-
 
 def fail(exc: BaseException) -> None:
     err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"lddyn {installed_version('lddyn')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=show_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Learning dynamics of long-tailed SSL."""
+    # The CLI only writes figure files: draw headless, whatever display the machine has. A backend
+    # set by the user, or one already chosen in this process (tests), is left as it is.
+    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @app.command()
@@ -43,6 +60,8 @@ def run(
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the figures written at the end"),
 ) -> None:
     """Train, record and summarise one run (the digits DyTrim default with no arguments)."""
+    from lddyn.cli.training import EXPECTED, is_main_process, resume_run, start_run, world_from_env
+
     try:
         if resume is not None:
             run_dir = resume_run(resume, progress=not quiet)
@@ -77,25 +96,6 @@ def run(
 
 
 @app.command()
-def plot(
-    runs: list[Path] = typer.Argument(..., help="run directories"),
-    figure: str = typer.Option("recall", "--figure", "-f", help="figure name (see lddyn ls)"),
-    out: Path = typer.Option(Path("figures"), "--out", "-o", help="output folder"),
-) -> None:
-    """Draw one figure from one or more runs (PDF and PNG)."""
-    from lddyn.analysis.figures import FIGURES, save
-
-    if figure not in FIGURES:
-        fail(ConfigError("--figure", figure, " | ".join(FIGURES)))
-    try:
-        written = save(FIGURES[figure](runs), out / figure)
-    except EXPECTED as exc:
-        fail(exc)
-        return
-    console.print(" ".join(str(p) for p in written), highlight=False)
-
-
-@app.command()
 def sweep(
     grid_file: Path = typer.Argument(..., help="grid YAML: seeds x settings x methods"),
     out: Path | None = typer.Option(
@@ -108,6 +108,7 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
 ) -> None:
     """Run a grid: finished runs are skipped, killed or failed ones resumed, the rest started."""
+    from lddyn.cli.training import EXPECTED
     from lddyn.sweep import load_grid, plan, run_sweep
     from lddyn.sweep.grid import SweepError, run_state
 
@@ -151,6 +152,7 @@ def table(
 ) -> None:
     """Paper-style table: mean ± std over seeds per setting, from finished run directories."""
     from lddyn.analysis.table import FORMATS, expand_run_paths, paper_table, render
+    from lddyn.sinks.parquet import CorruptPartError
 
     def items(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]
@@ -166,7 +168,7 @@ def table(
         if not finished:
             raise FileNotFoundError(f"no finished run among {[r.name for r in found]}")
         text = render(paper_table(finished, items(stat), items(view), items(metric)), fmt)
-    except EXPECTED as exc:
+    except (ConfigError, CorruptPartError, FileNotFoundError, ValueError) as exc:
         fail(exc)
         return
     if out is None:
@@ -191,27 +193,12 @@ def print_summary(run_dir: Path) -> None:
     console.print(f"tables written under {run_dir}", highlight=False, soft_wrap=True)
 
 
-@app.command("ls")
-def ls() -> None:
-    """List presets and methods."""
-    table = Table(title="presets")
-    table.add_column("name")
-    table.add_column("file")
-    for name in preset_names():
-        table.add_row(name, str(preset_path(name)))
-    console.print(table)
-    methods = Table(title="methods")
-    methods.add_column("name")
-    methods.add_column("what it changes")
-    for name in METHODS.names():
-        doc = (sys.modules[METHODS.get(name).__module__].__doc__ or "").strip().splitlines()[0]
-        methods.add_row(name, doc)
-    console.print(methods)
+from lddyn.cli.analysis_cmds import check_app, plot, report  # noqa: E402
+from lddyn.cli.listing import ls  # noqa: E402
 
-
-from lddyn.cli.analysis_cmds import check_app, report  # noqa: E402
-
+app.command("plot")(plot)
 app.command("report")(report)
+app.command("ls")(ls)
 app.add_typer(check_app, name="check")
 
 

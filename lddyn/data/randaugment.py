@@ -330,5 +330,5 @@ def op_value(index: int, m: float, image_size: int) -> float:
 
 
 def posterize_bits(value: float) -> int:
-    """Reference Posterize keeps int(value) bits; 0 (m < 7.5) is clamped to 1 bit, see PIPELINE.md §2."""
+    """Reference Posterize keeps int(value) bits; 0 (m < 7.5) is clamped to 1 bit (docs/recipe.md)."""
     return min(8, max(1, int(value)))

@@ -19,6 +19,7 @@ from lddyn.methods import (  # noqa: F401  (register)
 )
 from lddyn.methods.base import EvalContext, Method, RunInfo, StepContext
 from lddyn.methods.registry import METHODS
+from lddyn.suggest import hint
 
 
 def build_method_configs(raw: Sequence[Mapping[str, Any] | str]) -> tuple[MethodConfig, ...]:
@@ -30,7 +31,7 @@ def build_method_configs(raw: Sequence[Mapping[str, Any] | str]) -> tuple[Method
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
         name = entry.get("name")
         if name not in METHODS:
-            raise ConfigError(f"methods[{i}].name", name, " | ".join(METHODS.names()))
+            raise ConfigError(f"methods[{i}].name", name, " | ".join(METHODS.names()) + hint(name, METHODS))
         if name in seen:
             raise ConfigError(f"methods[{i}].name", name, "each method at most once")
         seen.add(name)

@@ -51,7 +51,7 @@ class AlternateConfig(MethodConfig):
     classifier_init_epochs: float = positive(5.0)  # g on frozen features, class-balanced
     semi_epochs: float = positive(8.0)  # stage 2 of each loop, over labeled + pseudo-labeled data
     classifier_epochs: float = positive(5.0)  # stage 3 of each loop
-    loops: int = at_least(5, 1)
+    loops: int = at_least(5, 1)  # loops of stages 2 and 3 after the initialisation
     lambda_t: float = non_negative(1.0)  # weight of the temporal-consistency terms
 
 

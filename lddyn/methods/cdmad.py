@@ -19,7 +19,7 @@ from lddyn.methods.registry import METHODS
 @dataclass(frozen=True)
 class CDMADConfig(MethodConfig):
     start_step: int = non_negative(300)  # pseudo-label refinement active for steps > start_step
-    debias_test: bool = True
+    debias_test: bool = True  # subtract the baseline image's logits at test time (debiased metrics)
 
 
 @METHODS.register("cdmad")

@@ -37,6 +37,7 @@ MAPPINGS = {"convex": convex, "linear": lambda x: x}
 class FlexMatchConfig(MethodConfig):
     tau: float = unit_closed(0.95)  # the fixed threshold: the top of the flexible ones, and "confident"
     warmup: bool = True  # count never-confident samples in the normaliser
+    # learning status -> threshold scale: convex x / (2 - x), or linear
     mapping: str = one_of("convex", *MAPPINGS)
 
 

@@ -20,7 +20,7 @@ from lddyn.methods.registry import METHODS
 
 @dataclass(frozen=True)
 class LogitAdjustConfig(MethodConfig):
-    tau: float = non_negative(1.0)
+    tau: float = non_negative(1.0)  # scale of the offset tau * log(labeled prior)
     terms: tuple[str, ...] = ("sup",)  # loss terms whose logits get the offset
     posthoc: bool = False  # if true: no loss change, subtract tau*log prior from test logits
 

@@ -18,7 +18,7 @@ from lddyn.methods.registry import METHODS
 
 @dataclass(frozen=True)
 class ReweightConfig(MethodConfig):
-    power: float = non_negative(1.0)
+    power: float = non_negative(1.0)  # class weight proportional to n_c^(-power) over the labeled counts
     terms: tuple[str, ...] = ("sup",)  # unlabeled terms are weighted by their pseudo-label's class
 
 

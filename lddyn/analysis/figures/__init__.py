@@ -1,7 +1,8 @@
 """One module per figure family; each exposes ``plot(run_dirs, **options) -> Figure``.
 
 ``FIGURES`` maps names to plot functions, ``REQUIRES`` names the tables each one reads, and
-``MULTI_RUN`` the figures that compare runs (the others draw the first run given).
+``MULTI_RUN`` the figures that compare runs (the others draw the first run given). Importing this
+package chooses no matplotlib backend: that is for headless entry points (the CLI, the tests).
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402
-
-from lddyn.analysis.dynamics import has_table  # noqa: E402
-from lddyn.analysis.figures import (  # noqa: E402
+from lddyn.analysis.dynamics import has_table
+from lddyn.analysis.figures import (
     baseline_prior,
     bias_accumulation,
     pruning,
@@ -27,8 +24,8 @@ from lddyn.analysis.figures import (  # noqa: E402
     step_dynamics,
     unified,
 )
-from lddyn.analysis.figures.theme import save  # noqa: E402
-from lddyn.sinks.parquet import CorruptPartError  # noqa: E402
+from lddyn.analysis.figures.theme import save
+from lddyn.sinks.parquet import CorruptPartError
 
 FIGURES: dict[str, Callable[..., Figure]] = {
     "recall": recall.plot,

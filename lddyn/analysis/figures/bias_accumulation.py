@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from lddyn.analysis.dynamics import QUANTITY_LABELS, accumulated, contributions, cumulative_by_target
-from lddyn.analysis.figures.theme import DIVERGING, HEAD_TO_TAIL, colors, new_figure
+from lddyn.analysis.figures.theme import DIVERGING, HEAD_TO_TAIL, colors, legend_outside, new_figure
 
 
 def plot(run_dirs: Sequence[Path], kind: str = "test", quantity: str = "update_logp") -> Figure:
@@ -41,13 +41,13 @@ def plot(run_dirs: Sequence[Path], kind: str = "test", quantity: str = "update_l
     by_term.rename(columns=names).plot.bar(ax=ax_term, color=colors(len(by_term.columns)), width=0.8, rot=0)
     ax_term.axhline(0, color="black", lw=0.5)
     ax_term.set(xlabel=f"target {HEAD_TO_TAIL}", ylabel=label, title="summed over sources, by term")
-    ax_term.legend(fontsize="x-small")
+    legend_outside(ax_term)
     running = cumulative_by_target(frame, kind)
     for cls, color in zip(running.columns, colors(len(running.columns)), strict=True):
         ax_run.plot(running.index, running[cls], color=color, label=str(cls))
     ax_run.axhline(0, color="black", lw=0.5)
     ax_run.set(xlabel="step", ylabel=f"running {label}", title="net push per target class")
-    ax_run.legend(title="target", fontsize="x-small", ncol=2)
+    legend_outside(ax_run, title="target")
     fig.suptitle(f"{run.name}: bias accumulation at {kind} observations, {QUANTITY_LABELS[quantity]}")
     fig.tight_layout()
     return fig

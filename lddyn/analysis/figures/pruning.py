@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lddyn.analysis.figures.theme import colors, new_figure
+from lddyn.analysis.figures.theme import colors, legend_outside, new_figure
 from lddyn.sinks.parquet import read_table
 
 
@@ -37,7 +37,7 @@ def plot(run_dirs: Sequence[Path]) -> Figure:
         ax.set(xlabel="step (pass start)", ylabel="kept / total", ylim=(-0.02, 1.05), title=f"{which} set")
     draw_classes(axes[2], frame[frame.set == "unlabeled"], "mean_weight")
     axes[2].set(xlabel="step (pass start)", ylabel="mean loss weight of kept", title="unlabeled rescaling")
-    axes[0].legend(title="class", fontsize="x-small", ncol=2)
+    legend_outside(axes[2], title="class")  # shared by the three panels
     fig.suptitle(f"{run.name}: pruning per class (head → tail)")
     fig.tight_layout()
     return fig

@@ -6,7 +6,15 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 
 from lddyn.train.callbacks.tables import step_quantities
 from lddyn.train.events import Callback
@@ -16,6 +24,22 @@ SHOWN = ("loss_sup", "loss_unsup", "mask_ratio", "kept_labeled", "kept_unlabeled
 
 def describe(q: dict[str, float]) -> str:
     return " ".join(f"{k.replace('loss_', '')}={q[k]:.3f}" for k in SHOWN if k in q)
+
+
+def columns() -> list[ProgressColumn]:
+    """Step count, speed and time left first, each kept whole; the loss quantities last, taking the
+    width that is left and cut with an ellipsis, so a narrow terminal keeps it/s and the ETA."""
+    fixed = dict(table_column=Column(no_wrap=True))
+    return [
+        TextColumn("[bold]train", **fixed),
+        BarColumn(bar_width=10, table_column=Column(no_wrap=True)),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}", **fixed),
+        TextColumn("{task.fields[rate]}", **fixed),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("eta", **fixed),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+    ]
 
 
 class ProgressDisplay(Callback):
@@ -32,16 +56,7 @@ class ProgressDisplay(Callback):
     def on_train_start(self, trainer) -> None:  # noqa: ANN001
         self.t0, self.start_step = time.perf_counter(), trainer.state.step
         if self.console.is_terminal:
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                TextColumn("{task.fields[info]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
+            self.bar = Progress(*columns(), console=self.console, expand=True)
             self.bar.start()
             self.task = self.bar.add_task("train", total=trainer.cfg.train.steps, info="", rate="")
             self.bar.update(self.task, completed=trainer.state.progress)
@@ -68,7 +83,7 @@ class ProgressDisplay(Callback):
             eta = (total - trainer.state.progress) / max(rate, 1e-9)
             info = describe(step_quantities(trainer, ctx, terms))
             self.console.print(
-                f"step {step}/{total} {info} {rate:.1f} it/s eta {eta:.0f}s", highlight=False, soft_wrap=True
+                f"step {step}/{total} {rate:.1f} it/s eta {eta:.0f}s {info}", highlight=False, soft_wrap=True
             )
 
     def on_train_end(self, trainer) -> None:  # noqa: ANN001
