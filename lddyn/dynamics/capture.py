@@ -1,13 +1,13 @@
 """What a recorded step's training forwards leave behind for the decoupled group gradients.
 
 While a step is recorded, every grad-enabled forward of the model is captured: the input of each
-structured layer (Linear, Conv2d, norm affine) and a zero tensor added to that layer's output,
-whose gradient in any backward is the layer's output cotangent (robust to in-place operations
-after the layer). Train-mode BatchNorm runs through ``DecoupledBatchNorm``: its forward and its
-running-statistics update are the module's own; its backward is the module's own gradient, except
-inside the recorder's decoupled pass, where the batch statistics are held constant:
-δx = γ·σ_B⁻¹·δy. Everything is public PyTorch (hooks, an ``autograd.Function`` and an instance
-``forward`` attribute), installed for the recorded step only and removed after it.
+structured layer (Linear, Conv2d, norm affine) and a hook on its output that keeps the output's
+cotangent during the recorder's decoupled pass (a tensor hook sees the gradient of the value the
+layer returned, even if a later operation changes it in place). Train-mode BatchNorm runs through
+``DecoupledBatchNorm``: PyTorch's own batch-norm kernels forward and backward, running statistics
+updated exactly as the module does, except inside the decoupled pass, where the batch statistics
+are held constant: δx = γ·σ_B⁻¹·δy. Everything is public PyTorch (hooks, an ``autograd.Function``
+and an instance ``forward`` attribute), installed for the recorded step and removed after it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lddyn.dynamics.functional import LogitsReader
-from lddyn.dynamics.norms import BATCH, BATCH_NORMS, RUNNING, batch_stats, channel_view
+from lddyn.dynamics.norms import BATCH, BATCH_NORMS, RUNNING, channel_view
 from lddyn.dynamics.structured import structured_kind
 
 
@@ -28,10 +27,20 @@ class Switch:
     """Which backward ``DecoupledBatchNorm`` takes: the module's own, or batch statistics held."""
 
     decoupled = False
+    stats: tuple[Tensor, Tensor] | None = None  # the last train-mode call's (mean, 1/σ)
 
 
 def _batch_training(m: nn.Module) -> bool:
     return m.training or (m.running_mean is None and m.running_var is None)
+
+
+def _update_factor(m: nn.Module) -> float:
+    """The running-statistics factor of this train-mode call, counting it as the module does."""
+    factor = 0.0 if m.momentum is None else m.momentum
+    if m.training and m.track_running_stats and m.num_batches_tracked is not None:
+        m.num_batches_tracked.add_(1)
+        factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+    return factor
 
 
 class DecoupledBatchNorm(torch.autograd.Function):
@@ -41,37 +50,36 @@ class DecoupledBatchNorm(torch.autograd.Function):
     def forward(
         ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, module: nn.Module, switch: Switch
     ):  # noqa: ANN001, ANN205
-        ctx.module, ctx.switch = module, switch
-        ctx.save_for_backward(x, weight, bias)
-        return type(module).forward(module, x)  # the module's own output and buffer update
+        m, track = module, module.training and module.track_running_stats
+        rm, rv = (m.running_mean, m.running_var) if track else (None, None)
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, rm, rv, True, _update_factor(m), m.eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.switch = m.eps, switch
+        switch.stats = (mean, invstd)  # for this call's x̂ (``StepCapture._layer``)
+        return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):  # noqa: ANN001, ANN205
-        x, w, b = ctx.saved_tensors
-        eps = ctx.module.eps
+        x, w, mean, invstd = ctx.saved_tensors
         if ctx.switch.decoupled:
-            invstd = batch_stats(x, eps)[1]
             return gy * channel_view(invstd if w is None else w * invstd, x), None, None, None, None
-        need = ctx.needs_input_grad[:3]
-        with torch.enable_grad():  # the module's own gradient, recomputed through its own kernels
-            xd, wd, bd = (
-                None if t is None else t.detach().requires_grad_(n)
-                for t, n in zip((x, w, b), need, strict=True)
-            )
-            y = F.batch_norm(xd, None, None, wd, bd, True, 0.0, eps)
-            wanted = [t for t in (xd, wd, bd) if t is not None and t.requires_grad]
-            got = iter(torch.autograd.grad(y, wanted, gy))
-        return *(next(got) if t is not None and t.requires_grad else None for t in (xd, wd, bd)), None, None
+        need = list(ctx.needs_input_grad[:3])
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            gy, x, w, None, None, mean, invstd, True, ctx.eps, need
+        )
+        return gx if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None
 
 
 @dataclass
 class LayerCall:
-    """One structured layer call inside a captured forward: its input and the output's zero delta."""
+    """One structured layer call inside a captured forward: its input, and its output's cotangent
+    once the decoupled pass has run."""
 
     module: nn.Module
     input: Tensor  # detached
-    delta: Tensor  # zeros like the output, requires grad: its gradient is the output cotangent
     mode: str  # normalisation of a norm layer's x̂: "batch" (train-mode BatchNorm) or "running"
+    stats: tuple[Tensor, Tensor] | None = None  # train-mode BatchNorm: the batch's (mean, 1/σ)
+    cotangent: Tensor | None = None
 
 
 @dataclass
@@ -81,6 +89,8 @@ class ForwardCall:
     rows: int
     layers: list[LayerCall] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)  # tensors shaped like the logits
+    # parameters of the layers fed by no graph (the first convolution): where the pass stops
+    bottom: list[Tensor] = field(default_factory=list)
 
 
 def _tensors(out: object) -> list[Tensor]:
@@ -123,14 +133,25 @@ class StepCapture:
         if self._depth == 1 and torch.is_grad_enabled() and first is not None:
             self._current = ForwardCall(len(first))
 
-    def _layer(self, module: nn.Module, args: tuple, out: object) -> Tensor | None:
+    def _layer(self, module: nn.Module, args: tuple, out: object) -> None:
         call = self._current
         if call is None or not isinstance(out, Tensor) or not out.requires_grad or not args:
-            return None
-        mode = BATCH if isinstance(module, BATCH_NORMS) and _batch_training(module) else RUNNING
-        delta = torch.zeros_like(out, requires_grad=True)
-        call.layers.append(LayerCall(module, args[0].detach(), delta, mode))
-        return out + delta
+            return
+        batch = isinstance(module, BATCH_NORMS) and _batch_training(module)
+        layer = LayerCall(module, args[0].detach(), BATCH if batch else RUNNING)
+        if batch:
+            layer.stats, self.switch.stats = self.switch.stats, None
+        out.register_hook(self._keep(layer))
+        call.layers.append(layer)
+        if not args[0].requires_grad:
+            call.bottom += [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+    def _keep(self, layer: LayerCall):  # noqa: ANN202
+        def hook(g: Tensor) -> None:
+            if self.switch.decoupled:
+                layer.cotangent = g
+
+        return hook
 
     def _end(self, module: nn.Module, args: tuple, out: object) -> None:
         self._depth -= 1

@@ -135,25 +135,21 @@ def decoupled_sums(
     coupling's), from one decoupled backward and per-layer sums; plus which terms were located
     and the parameters left to ``group_backward`` (layers of other kinds, or called twice)."""
     per_call, mapped = row_groups(terms, ids, calls)
+    used = [k for k in range(len(calls)) if bool((per_call[k] >= 0).any())]
+    bottom = list({id(p): p for k in used for p in calls[k].bottom}.values())
+    mapped = [m and bool(bottom) for m in mapped]  # nowhere to stop the pass: per-group backwards
     live = [t for t, m in zip(terms, mapped, strict=True) if m]
-    stacked = {n: p.new_zeros(num_groups + 1, *p.shape) for n, p in named.items()}
-    done: set[str] = set()
+    stacked: dict[str, Tensor] = {}
     if live:
-        layers = [(k, lc) for k, c in enumerate(calls) if bool((per_call[k] >= 0).any()) for lc in c.layers]
         switch.decoupled = True
-        try:
-            cot = torch.autograd.grad(
-                [t.logits for t in live],
-                [lc.delta for _, lc in layers],
-                [t.G for t in live],
-                retain_graph=True,
-                allow_unused=True,
-            )
+        try:  # the layers' hooks keep their cotangents; the pass stops at the first layers' weights
+            torch.autograd.grad([t.logits for t in live], bottom, [t.G for t in live], retain_graph=True)
         finally:
             switch.decoupled = False
         by_module: dict[nn.Module, list] = {}
-        for (k, lc), d in zip(layers, cot, strict=True):
-            by_module.setdefault(lc.module, []).append((k, lc, d))
+        for k in used:
+            for lc in calls[k].layers:
+                by_module.setdefault(lc.module, []).append((k, lc, lc.cotangent))
         names = {id(p): n for n, p in named.items()}
         for module, pieces in by_module.items():
             own = {r: names[id(p)] for r, p in module.named_parameters(recurse=False) if id(p) in names}
@@ -163,8 +159,9 @@ def decoupled_sums(
             for role, value in _layer_sums(module, rows, num_groups + 1).items():
                 if role in own:
                     stacked[own[role]] = value.reshape(num_groups + 1, *named[own[role]].shape)
-                    done.add(own[role])
-    return stacked, mapped, [n for n in named if n not in done]
+    rest = [n for n in named if n not in stacked]
+    stacked.update({n: named[n].new_zeros(num_groups + 1, *named[n].shape) for n in rest})
+    return stacked, mapped, rest
 
 
 def _summable(module: nn.Module, pieces: list, calls: Sequence[ForwardCall]) -> bool:
@@ -179,33 +176,65 @@ def _summable(module: nn.Module, pieces: list, calls: Sequence[ForwardCall]) -> 
     )
 
 
+#: Per-sample weight gradients of a layer are formed and summed by group up to this many elements
+#: (rows x weight size: a first convolution, a head); larger layers take one call per group.
+PER_SAMPLE_ELEMENTS = 1 << 20
+
+
 def _layer_sums(m: nn.Module, rows: list[tuple[LayerCall, Tensor, Tensor]], size: int) -> dict[str, Tensor]:
-    """Per-group parameter gradients of one layer: role -> (size, *) sums over each group's rows."""
+    """Per-group parameter gradients of one layer: role -> (size, *) sums over each group's rows.
+
+    ``rows``: per captured call, (the call, the output cotangent, each row's group, -1 = none)."""
     if structured_kind(m) == "norm":
-        per_row = [(lc.input, d, g) for lc, d, g in rows]
-        xh = [xhat(m, lc.input, lc.mode) for lc, _, _ in rows]
+        xh = [(xhat(m, lc.input, lc.mode, lc.stats), d, g) for lc, d, g in rows]
         return {
-            "weight": _index_sum(
-                [(fold(m, d * x), g) for (_, d, g), x in zip(per_row, xh, strict=True)], size
-            ),
-            "bias": _index_sum([(fold(m, d), g) for _, d, g in per_row], size),
+            "weight": _index_sum([(fold(m, d * x), g) for x, d, g in xh], size),
+            "bias": _index_sum([(fold(m, d), g) for _, d, g in xh], size),
         }
     conv = isinstance(m, nn.Conv2d)
-    used = [(lc.input[g >= 0], d[g >= 0], g[g >= 0]) for lc, d, g in rows]
-    a, d, g = (torch.cat([u[i] for u in used]) for i in range(3))
-    order = torch.argsort(g, stable=True)
-    a, d, counts = a[order], d[order], torch.bincount(g, minlength=size).tolist()
+    pieces = [(lc.input, d, g) for lc, d, g in rows]
+    if sum(len(g) for _, _, g in pieces) * m.weight.numel() <= PER_SAMPLE_ELEMENTS:
+        weight = _index_sum([(_per_sample_weight(m, a, d), g) for a, d, g in pieces], size)
+    else:
+        weight = _per_group_weight(m, pieces, size)
+    out = {"weight": weight.view(size, *m.weight.shape)}
+    if m.bias is not None:
+        dims = tuple(range(2, rows[0][1].dim())) if conv else tuple(range(1, rows[0][1].dim() - 1))
+        out["bias"] = _index_sum([(d.sum(dims) if dims else d, g) for _, d, g in pieces], size)
+    return out
+
+
+def _per_sample_weight(m: nn.Module, a: Tensor, d: Tensor) -> Tensor:
+    """(N, out·in·k²) weight gradients of each row alone: δ_b ⊗ patches_b summed over positions."""
+    if isinstance(m, nn.Conv2d):
+        patches = torch.nn.functional.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)
+        return torch.bmm(d.flatten(2), patches.transpose(1, 2)).flatten(1)
+    a, d = a.reshape(len(a), -1, a.shape[-1]), d.reshape(len(d), -1, d.shape[-1])
+    return torch.bmm(d.transpose(1, 2), a).flatten(1)
+
+
+def _per_group_weight(m: nn.Module, pieces: list[tuple[Tensor, Tensor, Tensor]], size: int) -> Tensor:
+    """One weight-gradient call per group on its rows, gathered from every call in one copy."""
+    g_all = torch.cat([g for _, _, g in pieces])
+    counts = torch.bincount(g_all[g_all >= 0], minlength=size).tolist()
+    order = torch.argsort(g_all, stable=True)[int((g_all < 0).sum()) :]
+    dest = torch.empty_like(g_all).index_copy_(0, order, torch.arange(len(order), device=g_all.device))
+    a_s = pieces[0][0].new_empty(len(order), *pieces[0][0].shape[1:])
+    d_s = pieces[0][1].new_empty(len(order), *pieces[0][1].shape[1:])
+    start = 0
+    for a, d, g in pieces:
+        rows, keep = dest[start : start + len(g)], g >= 0
+        start += len(g)
+        a, d, rows = (a, d, rows) if bool(keep.all()) else (a[keep], d[keep], rows[keep])
+        a_s.index_copy_(0, rows, a)
+        d_s.index_copy_(0, rows, d)
     weight = m.weight.new_zeros(size, *m.weight.shape)
-    for j, (ag, dg) in enumerate(zip(a.split(counts), d.split(counts), strict=True)):
-        if len(ag) and conv:
+    for j, (ag, dg) in enumerate(zip(a_s.split(counts), d_s.split(counts), strict=True)):
+        if len(ag) and isinstance(m, nn.Conv2d):
             weight[j] = torch.nn.grad.conv2d_weight(ag, m.weight.shape, dg, m.stride, m.padding, m.dilation)
         elif len(ag):
             weight[j] = dg.reshape(-1, dg.shape[-1]).T @ ag.reshape(-1, ag.shape[-1])
-    out = {"weight": weight}
-    if m.bias is not None:
-        dims = tuple(range(2, d.dim())) if conv else tuple(range(1, d.dim() - 1))
-        out["bias"] = _index_sum([(dd.sum(dims) if dims else dd, gg) for _, dd, gg in used], size)
-    return out
+    return weight
 
 
 def _index_sum(values: list[tuple[Tensor, Tensor]], size: int) -> Tensor:
@@ -214,7 +243,7 @@ def _index_sum(values: list[tuple[Tensor, Tensor]], size: int) -> Tensor:
     out = first.new_zeros(size, *first.shape[1:])
     for v, g in values:
         keep = g >= 0
-        out.index_add_(0, g[keep], v[keep])
+        out.index_add_(0, g, v) if bool(keep.all()) else out.index_add_(0, g[keep], v[keep])
     return out
 
 

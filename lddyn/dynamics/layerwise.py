@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lddyn.dynamics.contract import Features, LazyJac
 from lddyn.dynamics.functional import LogitsReader, Params, logits_fn, output_logits
-from lddyn.dynamics.norms import RUNNING, fold, observing, xhat
+from lddyn.dynamics.norms import RUNNING, Mode, fold, observing, xhat
 from lddyn.dynamics.structured import NTKPlan, Site, jac_layout
 
 
@@ -86,7 +86,7 @@ class NormBuilder:
 
 
 def _forward(
-    model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor, mode: str, read: LogitsReader
+    model: nn.Module, plan: NTKPlan, params: Params, state: Params, x: Tensor, mode: Mode, read: LogitsReader
 ) -> tuple:
     """Logits plus, per site, (input — x̂ for a norm layer — and a zero delta on the output) from one
     hooked forward of the observation function of ``mode`` at (params, state)."""
@@ -118,7 +118,7 @@ def site_blocks(
     params: Params,
     state: Params,
     x: Tensor,
-    mode: str = RUNNING,
+    mode: Mode = RUNNING,
     read: LogitsReader = output_logits,
 ) -> tuple:
     """(logits, per-site Jacobian blocks (param name -> (n, C, numel)), Gram features), C backwards."""
@@ -142,19 +142,24 @@ def generic_jacobians(
     params: Params,
     state: Params,
     x: Tensor,
-    mode: str = RUNNING,
+    mode: Mode = RUNNING,
     read: LogitsReader = output_logits,
 ) -> dict[str, Tensor]:
     """Exact per-sample Jacobians (n, C, numel) of the named parameters via vmap(jacrev)."""
     sub = {n: params[n] for n in names}
     rest = {n: p for n, p in params.items() if n not in sub}
     f = logits_fn(model, state, read)
+    runs = ((mode, len(x)),) if isinstance(mode, str) else mode
+    jac: dict[str, list[Tensor]] = {n: [] for n in names}
 
     def one(p_sub: Params, xi: Tensor) -> Tensor:
         return f({**rest, **p_sub}, xi[None])[0]
 
-    with observing(model, mode):
-        jac = torch.func.vmap(torch.func.jacrev(one), (None, 0))(sub, x)
+    for part, (name, _) in zip(x.split([rows for _, rows in runs]), runs, strict=True):
+        with observing(model, name):
+            for n, j in torch.func.vmap(torch.func.jacrev(one), (None, 0))(sub, part).items():
+                jac[n].append(j)
+    jac = {n: torch.cat(js) for n, js in jac.items()}
     return {n: j.reshape(x.shape[0], j.shape[1], -1) for n, j in jac.items()}
 
 

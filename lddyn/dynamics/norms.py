@@ -11,7 +11,9 @@ BatchNorm makes the function explicit. Three modes, one ``xhat`` for all of them
   about this function, so baseline images are observed this way.
 * ``batch``: the training batch's statistics, only used inside a recorded training step.
 
-LayerNorm and GroupNorm normalise each sample by itself in every mode.
+LayerNorm and GroupNorm normalise each sample by itself in every mode. Since ``running`` and
+``own`` are both per-sample functions, one forward can observe a batch whose rows take different
+modes: a ``Mode`` is a name, or consecutive runs of rows, ((name, rows), ...).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 NORM_AFFINE = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
 RUNNING, OWN, BATCH = "running", "own", "batch"
 OBSERVATION_MODES = (RUNNING, OWN)
+Mode = str | tuple[tuple[str, int], ...]  # a name, or runs of consecutive rows ((name, rows), ...)
 
 
 def _channel_dims(a: Tensor) -> tuple[int, ...]:
@@ -45,21 +48,25 @@ def batch_stats(a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def xhat(module: nn.Module, a: Tensor, mode: str) -> Tensor:
+def xhat(module: nn.Module, a: Tensor, mode: Mode, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The normalised input of a norm layer, before its affine map, in ``mode``.
 
     ``running`` reads the module's buffers at call time, so inside ``functional_call`` it reads
-    the state that was passed in.
+    the state that was passed in. ``batch`` takes the batch's (mean, 1/σ) from ``stats`` when the
+    forward already computed them.
     """
     if isinstance(module, nn.LayerNorm):
         return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
     if isinstance(module, nn.GroupNorm):
         return F.group_norm(a, module.num_groups, None, None, module.eps)
+    if not isinstance(mode, str):  # runs of rows, each in its own mode
+        parts = a.split([rows for _, rows in mode])
+        return torch.cat([xhat(module, part, name) for part, (name, _) in zip(parts, mode, strict=True)])
     if mode == RUNNING:
         rm, rv = module.running_mean, module.running_var
         return (a - channel_view(rm, a)) * channel_view(torch.rsqrt(rv + module.eps), a)
     if mode == BATCH:
-        mean, invstd = batch_stats(a, module.eps)
+        mean, invstd = batch_stats(a, module.eps) if stats is None else stats
         return (a - channel_view(mean, a)) * channel_view(invstd, a)
     if a.dim() == 2:  # a vector alone: zero deviation from its own mean
         return torch.zeros_like(a)
@@ -76,7 +83,7 @@ def fold(module: nn.Module, t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
 
 
-def _observed_batch_norm(module: nn.Module, mode: str):  # noqa: ANN202
+def _observed_batch_norm(module: nn.Module, mode: Mode):  # noqa: ANN202
     def forward(a: Tensor) -> Tensor:
         y = xhat(module, a, mode)
         if module.weight is not None:
@@ -87,14 +94,15 @@ def _observed_batch_norm(module: nn.Module, mode: str):  # noqa: ANN202
 
 
 @contextmanager
-def observing(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+def observing(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
     """The model as the observation function of ``mode``: eval mode (dropout off) with every
     BatchNorm normalising per ``mode``; buffers are read, never written. Restored on exit."""
-    if mode not in OBSERVATION_MODES:
+    names = {mode} if isinstance(mode, str) else {name for name, _ in mode}
+    if not names <= set(OBSERVATION_MODES):
         raise ValueError(f"norm={mode!r} is not one of {OBSERVATION_MODES}")
     modes = {m: m.training for m in model.modules()}
     patched = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
-    if mode == RUNNING and any(m.running_mean is None for m in patched):
+    if RUNNING in names and any(m.running_mean is None for m in patched):
         raise ValueError("norm='running' needs BatchNorm running statistics (track_running_stats=True)")
     model.eval()
     for m in patched:

@@ -159,7 +159,7 @@ class StepRecord:
         model, opt = self.rec.model, self.rec.optimizer
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.theta0, self.state0 = clone_state(self.named), clone_state(frozen_state(model))
-        self.jac = [ObservationJacobian(model, s, self.rec.read) for s in self.rec.sets]
+        self.jac = ObservationJacobian(model, self.rec.sets, self.rec.read)
         self.capture = StepCapture(model, self.rec.read)
         self._handles = [
             opt.register_step_pre_hook(self._before_step),
@@ -296,31 +296,29 @@ class StepRecord:
             raise RuntimeError("rows() is available after the `with rec.step()` block has ended")
         return self._frame
 
-    def _directions(self) -> tuple[dict[str, Tensor], list[dict], list[dict]]:
-        """Per parameter the stacked directions: the gradient pieces, then the update parts."""
+    def _directions(self) -> tuple[list[dict[str, Tensor]], list[dict], list[dict]]:
+        """Blocks of directions, each parameter -> (K_i, *shape): the gradient pieces, then each
+        piece's share of the update and the update's other parts; and their row labels."""
         keys = [dict(zip(self.rec.by, k, strict=True)) for k in self.group_keys]
         metas = [{**k, "part": "group"} for k in keys]
         if self.rec.groups == DECOUPLED:
             metas.append({"term": COUPLING_TERM, "part": "group"})
-        pieces = {n: s if self.rec.groups == DECOUPLED else s[:-1] for n, s in self._stacked.items()}
+        rows = len(metas)
+        pieces = {n: s[:rows] for n, s in self._stacked.items()}
         theta1 = {n: p.detach() for n, p in self.named.items()}
         if self._theta_opt is None:  # the optimiser never stepped: every change is the block's own
             self._theta_opt = self.theta0
         extra = {POST_STEP: {n: theta1[n] - self._theta_opt[n] for n in theta1}}
+        blocks = [pieces]
         if self._parts is None:
             extra[STEP] = {n: self._theta_opt[n] - self.theta0[n] for n in theta1}
-            upd = {}
         else:
-            upd = {n: g if self.rec.groups == DECOUPLED else g[:-1] for n, g in self._parts[GROUPS].items()}
+            blocks.append({n: g[:rows] for n, g in self._parts[GROUPS].items()})
             extra.update({k: self._parts[k] for k in (CARRY, WEIGHT_DECAY, DECOUPLED_WD)})
         extra = {k: v for k, v in extra.items() if any(bool(t.any()) for t in v.values())}
-        parts = ([dict(m) for m in metas] if upd else []) + [{"part": k} for k in extra]
-        dirs = {}
-        for n in self.named:
-            rows = [pieces[n]] + ([upd[n]] if n in upd else [torch.zeros_like(pieces[n])] if upd else [])
-            rows += [extra[k].get(n, torch.zeros_like(self.theta0[n]))[None] for k in extra]
-            dirs[n] = torch.cat(rows)
-        return dirs, metas, parts
+        blocks += [{n: t[None] for n, t in v.items()} for v in extra.values()]
+        parts = ([dict(m) for m in metas] if self._parts is not None else []) + [{"part": k} for k in extra]
+        return blocks, metas, parts
 
     @torch.no_grad()
     def _finish(self) -> pd.DataFrame:
@@ -328,26 +326,32 @@ class StepRecord:
             raise GradientCheckError("the block ended without a backward through the registered terms")
         if self._parts is None and self._theta_opt is None:  # no optimiser step: coupling from .grad
             self._before_step(self.rec.optimizer, (), {})
-        dirs, metas, parts = self._directions()
-        ng, k = len(metas), len(metas) + len(parts)
-        blocks, empty = [], [{}]
-        for s, jac, ids in zip(self.rec.sets, self.jac, self.rec.obs_ids, strict=True):
-            pushes, probs = jac.apply(dirs, k), F.softmax(jac.logits, -1)
-            kg, upd = pushes[:ng], sensitivity(pushes[ng:], probs)
-            logp0 = F.log_softmax(jac.logits, -1)
-            logp1 = F.log_softmax(observed_logits(self.rec.model, s, read=self.rec.read), -1)
-            drift = torch.zeros_like(logp1)
-            if s.norm == RUNNING:
-                at_b0 = observed_logits(self.rec.model, s, None, self.state0, self.rec.read)
-                drift = logp1 - F.log_softmax(at_b0, -1)
-            measured = logp1 - logp0
+        blocks, metas, parts = self._directions()
+        ng = len(metas)
+        model, sets, read = self.rec.model, self.rec.sets, self.rec.read
+        pushes, probs = self.jac.apply(blocks), F.softmax(self.jac.logits, -1)
+        logp0, logp1 = (
+            F.log_softmax(self.jac.logits, -1),
+            F.log_softmax(observed_logits(model, sets, read=read), -1),
+        )
+        drift = torch.zeros_like(logp1)
+        running = torch.cat([torch.full((len(s.x),), s.norm == RUNNING) for s in sets]).to(drift.device)
+        if running.any():  # the buffers' share of the change: at θ1, buffers after against before
+            at_b0 = F.log_softmax(observed_logits(model, sets, None, self.state0, read), -1)
+            drift[running] = (logp1 - at_b0)[running]
+        measured = logp1 - logp0
+        blocks, empty, start = [], [{}], 0
+        for s, ids in zip(sets, self.rec.obs_ids, strict=True):
+            rows = slice(start, start + len(ids))
+            start += len(ids)
+            kg, upd = pushes[:ng, rows], sensitivity(pushes[ng:, rows], probs[rows])
             self.results[s.name] = {
                 "kg": (kg, metas),
-                "gd_logp": (-self.lr * sensitivity(kg, probs), metas),
+                "gd_logp": (-self.lr * sensitivity(kg, probs[rows]), metas),
                 "update_logp": (upd, parts),
-                "measured": (measured[None], empty),
-                "bn_drift": (drift[None], empty),
-                "residual": ((measured - upd.sum(0) - drift)[None], empty),
+                "measured": (measured[None, rows], empty),
+                "bn_drift": (drift[None, rows], empty),
+                "residual": ((measured[rows] - upd.sum(0) - drift[rows])[None], empty),
             }
             blocks += [(q, v, m, ids) for q, (v, m) in self.results[s.name].items()]
         return tidy.step_frame(self.step, blocks, self.rec.keys)

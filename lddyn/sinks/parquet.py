@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2  # 2: dynamics quantities kg, gd_logp, update_logp, measured, bn_drift, residual (docs/dynamics.md)
+# 2: the dynamics quantities kg, gd_logp, update_logp, measured, bn_drift, residual (docs/dynamics.md)
+SCHEMA_VERSION = 2
 PART_RE = re.compile(r"^part-(\d+)-(\d+)(?:-\d+)?\.parquet$")
 
 
