@@ -51,7 +51,7 @@ from lddyn.dynamics import empirical_ntk  # noqa: E402
 from lddyn.models import build_model  # noqa: E402
 
 MODELS = {"cnn": (1, 8, 8), "wrn28_2": (3, 32, 32)}
-LDDYN = ("lddyn:structured", "lddyn:jacobian", "lddyn:ntk_vp")
+LDDYN = ("lddyn:structured", "lddyn:jacobian")
 PEERS = ("torch.func:jacobian", "torch.func:ntk_vp")
 
 

@@ -81,7 +81,7 @@ def test_bmb_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
         "train.eval_every=10",
         "train.checkpoint_every=10",
         "record.every=10",
-            "methods.bmb.tau=0.2",
+        "methods.bmb.tau=0.2",
         "methods.bmb.warmup=0.1",
     )
     base = ["run", "-p", "digits-bmb", "--record", "dynamics", "-q", "--no-plot", *args]

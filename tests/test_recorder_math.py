@@ -156,11 +156,14 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_measured_and_update_logp_against_the_observation_function(opt_name: str) -> None:
+CASES = [("cnn", o) for o in OPTIMIZERS] + [(m, "adam-wd") for m in ("mlp-batch", "mlp-layer", "mlp-none")]
+
+
+@pytest.mark.parametrize("name, opt_name", CASES)
+def test_measured_and_update_logp_against_the_observation_function(name: str, opt_name: str) -> None:
     """measured = forwards of the independent function; Σ update_logp = its central finite
     difference along the realised Δθ at the buffers before the step (the rest is bn_drift)."""
-    model = dynref.cnn()
+    model = MODELS[name]()
     step, sets = Step(dynref.shape_of(model)), observation_sets(dynref.shape_of(model))
     opt = OPTIMIZERS[opt_name](model.parameters(), 1e-3)
     _plain_step(model, opt, Step(dynref.shape_of(model), seed=1))  # optimiser state for the carry

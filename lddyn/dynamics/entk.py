@@ -5,7 +5,6 @@ K[i, j, c, d] = Σ_θ ∂z_c(x1_i)/∂θ · ∂z_d(x2_j)/∂θ, or (N1, N2) with
 Implementations, chosen by ``NTKImpl`` (the neural-tangents pattern: an enum and a factory):
 
 * ``JACOBIAN``: per-sample Jacobians by ``vmap(jacrev)``, contracted per chunk (PyTorch tutorial).
-* ``NTK_VP``: NTK-vector products: rows J_icᵀ by a batched VJP, pushed through x2 by JVPs.
 * ``STRUCTURED``: layer by layer from activations and output cotangents (plan in
   ``structured.py``, features in ``layerwise.py``, contractions in ``contract.py``): per Linear /
   Conv2d weight the cheaper of the Gram route (patch Grams ⊙ cotangent Grams) and a per-layer
@@ -31,7 +30,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import jvp, vjp, vmap
 
 from lddyn.dynamics import layerwise as lw
 from lddyn.dynamics import structured as st
@@ -50,7 +48,6 @@ class NTKImpl(str, enum.Enum):
 
     AUTO = "auto"
     JACOBIAN = "jacobian"
-    NTK_VP = "ntk_vp"
     STRUCTURED = "structured"
 
 
@@ -135,8 +132,6 @@ def entk_fn(
         if impl in (NTKImpl.AUTO, NTKImpl.STRUCTURED):
             plan = st.build_plan(model, params, state, x1)
             chosen = _resolve(impl, plan)
-        if chosen is NTKImpl.NTK_VP:
-            return _ntk_vp(model, params, state, x1, x2, trace, budget)
         return _featurewise(
             model, plan if chosen is NTKImpl.STRUCTURED else None, params, state, x1, x2, trace, budget
         )
@@ -191,40 +186,3 @@ def _featurewise(
         order,
         same,
     )
-
-
-def _ntk_vp(
-    model: nn.Module, params: Params, state: Params, x1: Tensor, x2: Tensor | None, trace: bool, budget: float
-) -> Tensor:
-    """NTK-vector products: K[i, :, c, :] = J_{x2} (J_icᵀ), rows J_icᵀ from one batched VJP.
-
-    Cost N1·C JVPs through x2, so this is an oracle and a small-N path rather than the fast one.
-    """
-    x2 = x1 if x2 is None else x2
-    f = logits_fn(model, state)
-    c = _num_classes(model, params, state, x1)
-    p_bytes = sum(p.numel() for p in params.values()) * next(iter(params.values())).element_size()
-    c1 = max(1, min(len(x1), int(budget / 2 // (3 * c * p_bytes))))
-    rows = []
-    with observing(model, RUNNING):
-        for i in range(0, len(x1), c1):
-            rows.append(_ntk_vp_rows(f, params, x1[i : i + c1], x2, c, trace, c1))
-    return torch.cat(rows)
-
-
-def _ntk_vp_rows(
-    f: Callable, params: Params, x1: Tensor, x2: Tensor, c: int, trace: bool, chunk: int
-) -> Tensor:
-    n1 = len(x1)
-    _, pullback = vjp(lambda p: f(p, x1), params)
-    basis = torch.eye(n1 * c, dtype=x1.dtype, device=x1.device).view(n1 * c, n1, c)
-    jrows = vmap(pullback)(basis)[0]  # name -> (n1·C, *shape): the rows J_icᵀ
-
-    def push(v: Params) -> Tensor:
-        return jvp(lambda p: f(p, x2), (params,), (v,))[1]  # (N2, C)
-
-    out = torch.cat(
-        [vmap(push)({n: r[k : k + chunk] for n, r in jrows.items()}) for k in range(0, n1 * c, chunk)]
-    )  # (n1·C, N2, C)
-    k = out.view(n1, c, len(x2), c).permute(0, 2, 1, 3)
-    return k.diagonal(dim1=2, dim2=3).sum(-1) if trace else k

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from lddyn.config import RecordConfig
+from lddyn.config import ConfigError, RecordConfig
 from lddyn.data.sets import unit_images
 from lddyn.dynamics import ObservationSet, Recorder, StepRecord
 from lddyn.train.events import Callback
@@ -90,6 +90,8 @@ class DynamicsRecorder(Callback):
 
     def on_train_start(self, trainer) -> None:  # noqa: ANN001
         cfg = self.cfg = trainer.cfg.record
+        if trainer.cfg.train.compile:
+            raise ConfigError("record.dynamics", True, "false with train.compile (it hooks eager layers)")
         sets = observation_sets(trainer, cfg)
         self.recorder = Recorder(trainer.model, trainer.optimizer, sets, by=cfg.by, groups=cfg.groups)
         if trainer.state.step == 0:
