@@ -33,6 +33,7 @@ ARGS = (
     "probe.every=10",
     "methods.cdmad.start_step=10",  # the debiased path and DyTrim's prior are active
     "methods.dytrim.prior_start_step=10",
+    "record.dynamics=false",  # the recorder records in one process
 )
 
 

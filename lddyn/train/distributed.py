@@ -77,7 +77,8 @@ class Distributed:
         d = cfg.distributed
         if world > 1:
             if cfg.record.dynamics:
-                raise ConfigError("record.dynamics", True, "false in a multi-process run (record in one)")
+                allowed = "false in a multi-process run (--set record.dynamics=false; record in one process)"
+                raise ConfigError("record.dynamics", True, allowed)
             if not dist.is_initialized():
                 backend = d.backend if d.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
                 dist.init_process_group(backend)
