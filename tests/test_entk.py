@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lddyn.dynamics import NTKImpl, empirical_ntk, entk_fn, explain_ntk
 from lddyn.dynamics import contract as ct
-from lddyn.dynamics import layerwise as lw
+from lddyn.dynamics import jacobian as lw
 from lddyn.dynamics import structured as st
 from lddyn.dynamics.functional import frozen_state, trainable_params
 from lddyn.models import build_model

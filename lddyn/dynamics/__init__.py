@@ -6,7 +6,8 @@ K(x1, x2) = J1 J2ᵀ. Nothing here trains; the recorder leaves the model as it f
 
 from lddyn.dynamics.entk import NTKImpl, empirical_ntk, entk_fn, explain_ntk
 from lddyn.dynamics.groups import COUPLING_TERM, DECOUPLED, EXACT, GROUP_KEYS
-from lddyn.dynamics.observations import ObservationJacobian, ObservationSet, observed_logits
+from lddyn.dynamics.jacobian import ObservationJacobian
+from lddyn.dynamics.observations import ObservationSet, observed_logits
 from lddyn.dynamics.recorder import GradientCheckError, Recorder, StepRecord
 from lddyn.dynamics.structured import NTKPlan, Route
 

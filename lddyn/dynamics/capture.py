@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lddyn.dynamics.functional import LogitsReader
-from lddyn.dynamics.norms import BATCH, BATCH_NORMS, RUNNING, channel_view
+from lddyn.dynamics.observations import BATCH, BATCH_NORMS, RUNNING, channel_view
 from lddyn.dynamics.structured import structured_kind
 
 

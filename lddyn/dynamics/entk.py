@@ -6,7 +6,7 @@ Implementations, chosen by ``NTKImpl`` (the neural-tangents pattern: an enum and
 
 * ``JACOBIAN``: per-sample Jacobians by ``vmap(jacrev)``, contracted per chunk (PyTorch tutorial).
 * ``STRUCTURED``: layer by layer from activations and output cotangents (plan in
-  ``structured.py``, features in ``layerwise.py``, contractions in ``contract.py``): per Linear /
+  ``structured.py``, features in ``jacobian.py``, contractions in ``contract.py``): per Linear /
   Conv2d weight the cheaper of the Gram route (patch Grams ⊙ cotangent Grams) and a per-layer
   Jacobian formed in chunks; biases and norm affines from summed cotangents. Unknown layers fall
   back to exact per-sample Jacobians for their parameters only (``explain_ntk`` shows it).
@@ -17,7 +17,7 @@ feature bytes per sample; the output and the model's own activations are not cou
 order that rebuilds the fewest samples (``contract.block_plan``).
 
 .. warning:: The kernel is the one of the model in **eval mode** (dropout off), BatchNorm
-   normalising by its *running statistics* (``norms.RUNNING``), whatever the model's mode; no
+   normalising by its *running statistics* (``observations.RUNNING``), whatever the model's mode; no
    buffer is written. A BatchNorm model in train mode normalises by batch statistics, which
    couples samples: the kernel here is not the Jacobian of that train-mode forward.
 """
@@ -31,11 +31,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lddyn.dynamics import layerwise as lw
+from lddyn.dynamics import jacobian as lw
 from lddyn.dynamics import structured as st
 from lddyn.dynamics.contract import Features, block_plan, blockwise, contract
 from lddyn.dynamics.functional import Params, frozen_state, logits_fn, trainable_params
-from lddyn.dynamics.norms import RUNNING, observing
+from lddyn.dynamics.observations import RUNNING, observing
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def output_logits(out: object) -> Tensor:
 
 def logits_fn(model: nn.Module, state: Params | None = None, read: LogitsReader = output_logits) -> LogitsFn:
     """``f(params, x) -> logits (N, C)`` through ``functional_call``; the normalisation mode is the
-    caller's (``norms.observing``)."""
+    caller's (``observations.observing``)."""
     state = frozen_state(model) if state is None else state
 
     def f(params: Params, x: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lddyn.dynamics.capture import ForwardCall, LayerCall, Switch
-from lddyn.dynamics.norms import fold, xhat
+from lddyn.dynamics.observations import fold, xhat
 from lddyn.dynamics.structured import structured_kind
 
 #: lddyn's grouping keys; a recorder accepts any per-sample column as a key.

@@ -1,34 +1,122 @@
-"""Observation sets and their Jacobians J_o = ∂z(x_o)/∂θ, one function of θ per set.
+"""Observation sets, and which function of θ an observation is: the normalisation of its forward.
 
-An ``ObservationSet`` is a fixed batch of inputs plus the normalisation mode that makes its
-forward a function of θ (``norms``: ``running`` or ``own``). ``ObservationJacobian`` forms J_o of
-one set once per recorded step, layer by layer from one forward and C backwards
-(``layerwise.site_blocks``; exact per-sample ``jacrev`` for parameters of layers the structured
-plan does not know), so that any number of parameter-space directions v map to logit pushes
-J_o v with one matrix product per parameter.
+BatchNorm makes the function explicit. Three modes, one ``xhat`` for all of them:
+
+* ``running``: normalised by the running statistics (eval mode); a per-sample function, the one
+  a test-time prediction uses. Test images and tracked training samples are observed this way.
+* ``own``: each input normalised by its *own* statistics, as a train-mode forward of that input
+  alone does (BatchNorm2d: over its spatial positions; BatchNorm1d on vectors: a batch of one
+  copy has zero deviation, so x̂ = 0 and the layer outputs its bias). Buffers are never touched.
+  CDMAD, DyTrim and the baseline probe forward the baseline image this way, and Proposition 3 is
+  about this function, so baseline images are observed this way.
+* ``batch``: the training batch's statistics, only used inside a recorded training step.
+
+LayerNorm and GroupNorm normalise each sample by itself in every mode. Since ``running`` and
+``own`` are both per-sample functions, one forward can observe a batch whose rows take different
+modes: a ``Mode`` is a name, or consecutive runs of rows, ((name, rows), ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lddyn.dynamics.contract import LazyJac
-from lddyn.dynamics.functional import (
-    LogitsReader,
-    Params,
-    frozen_state,
-    logits_fn,
-    output_logits,
-    trainable_params,
-)
-from lddyn.dynamics.layerwise import generic_jacobians, site_blocks
-from lddyn.dynamics.norms import OBSERVATION_MODES, RUNNING, Mode, observing
-from lddyn.dynamics.structured import cached_plan
+from lddyn.dynamics.functional import LogitsReader, Params, logits_fn, output_logits, trainable_params
+
+#: Layers whose train-mode forward couples samples through batch statistics.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+NORM_AFFINE = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
+RUNNING, OWN, BATCH = "running", "own", "batch"
+OBSERVATION_MODES = (RUNNING, OWN)
+Mode = str | tuple[tuple[str, int], ...]  # a name, or runs of consecutive rows ((name, rows), ...)
+
+
+def _channel_dims(a: Tensor) -> tuple[int, ...]:
+    return tuple(d for d in range(a.dim()) if d != 1)
+
+
+def channel_view(v: Tensor, a: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast against ``a`` (N, C, *spatial)."""
+    return v.view(1, -1, *([1] * (a.dim() - 2)))
+
+
+def batch_stats(a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(mean, 1/sqrt(var + eps)) per channel over the batch and positions, biased variance."""
+    var, mean = torch.var_mean(a, _channel_dims(a), correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def xhat(module: nn.Module, a: Tensor, mode: Mode, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """The normalised input of a norm layer, before its affine map, in ``mode``.
+
+    ``running`` reads the module's buffers at call time, so inside ``functional_call`` it reads
+    the state that was passed in. ``batch`` takes the batch's (mean, 1/σ) from ``stats`` when the
+    forward already computed them.
+    """
+    if isinstance(module, nn.LayerNorm):
+        return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
+    if isinstance(module, nn.GroupNorm):
+        return F.group_norm(a, module.num_groups, None, None, module.eps)
+    if not isinstance(mode, str):  # runs of rows, each in its own mode
+        parts = a.split([rows for _, rows in mode])
+        return torch.cat([xhat(module, part, name) for part, (name, _) in zip(parts, mode, strict=True)])
+    if mode == RUNNING:
+        rm, rv = module.running_mean, module.running_var
+        return (a - channel_view(rm, a)) * channel_view(torch.rsqrt(rv + module.eps), a)
+    if mode == BATCH:
+        mean, invstd = batch_stats(a, module.eps) if stats is None else stats
+        return (a - channel_view(mean, a)) * channel_view(invstd, a)
+    if a.dim() == 2:  # a vector alone: zero deviation from its own mean
+        return torch.zeros_like(a)
+    dims = tuple(range(2, a.dim()))
+    var, mean = torch.var_mean(a, dims, correction=0, keepdim=True)
+    return (a - mean) * torch.rsqrt(var + module.eps)
+
+
+def fold(module: nn.Module, t: Tensor) -> Tensor:
+    """Σ over positions per affine entry: (N, *) → (N, affine size) (channels, or LayerNorm's shape)."""
+    if isinstance(module, nn.LayerNorm):
+        width = int(torch.Size(module.normalized_shape).numel())
+        return t.reshape(t.shape[0], -1, width).sum(1)
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
+
+
+def _observed_batch_norm(module: nn.Module, mode: Mode):  # noqa: ANN202
+    def forward(a: Tensor) -> Tensor:
+        y = xhat(module, a, mode)
+        if module.weight is not None:
+            y = y * channel_view(module.weight, a) + channel_view(module.bias, a)
+        return y
+
+    return forward
+
+
+@contextmanager
+def observing(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
+    """The model as the observation function of ``mode``: eval mode (dropout off) with every
+    BatchNorm normalising per ``mode``; buffers are read, never written. Restored on exit."""
+    names = {mode} if isinstance(mode, str) else {name for name, _ in mode}
+    if not names <= set(OBSERVATION_MODES):
+        raise ValueError(f"norm={mode!r} is not one of {OBSERVATION_MODES}")
+    modes = {m: m.training for m in model.modules()}
+    patched = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    if RUNNING in names and any(m.running_mean is None for m in patched):
+        raise ValueError("norm='running' needs BatchNorm running statistics (track_running_stats=True)")
+    model.eval()
+    for m in patched:
+        m.forward = _observed_batch_norm(m, mode)  # an instance attribute: removed on exit
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+        for m, training in modes.items():
+            m.training = training
 
 
 @dataclass(frozen=True)
@@ -84,71 +172,3 @@ def observed_logits(
     params = trainable_params(model) if params is None else params
     with observing(model, joint_mode(sets)):
         return logits_fn(model, state, read)(params, torch.cat([s.x for s in sets]))
-
-
-class ObservationJacobian:
-    """J_o of observation sets at the model's current parameters and buffers, per parameter.
-
-    All sets go through one forward, each row in its set's mode, and C backwards. A layer's block
-    is kept as (O·C, numel) rows, or, when its class cotangents factor per output channel,
-    g_c[ch, s] = u_c[ch] m[ch, s] (a layer that reaches the logits only through per-channel maps,
-    global pooling and the head: the last convolution of a CNN), as the factors u (O, C, out) and
-    A = Σ_s m[·, s] ⊗ patch[s] (O, out, in·k²), which makes J_o v a per-channel product instead
-    of C rows per observation. Build it before the optimiser step; ``apply`` evaluates any
-    directions there afterwards.
-    """
-
-    def __init__(
-        self, model: nn.Module, sets: list[ObservationSet], read: LogitsReader = output_logits
-    ) -> None:
-        params, state = trainable_params(model), frozen_state(model)
-        x, mode = torch.cat([s.x for s in sets]), joint_mode(sets)
-        plan = cached_plan(model, params, state, x)
-        logits, blocks, _ = site_blocks(model, plan, params, state, x, mode, read)
-        if plan.generic:
-            blocks.update(generic_jacobians(model, plan.generic, params, state, x, mode, read))
-        self.logits = logits  # (O, C) before the step
-        self.o, self.c = logits.shape
-        self.dense: dict[str, Tensor] = {}  # name -> (O·C, numel)
-        self.factored: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (u (O, C, out), A (O, out, in·k²))
-        for name, b in blocks.items():
-            factors = _channel_factors(b) if isinstance(b, LazyJac) else None
-            if factors is not None:
-                self.factored[name] = factors
-            else:
-                self.dense[name] = (b.full() if isinstance(b, LazyJac) else b).reshape(self.o * self.c, -1)
-
-    def apply(self, blocks: Sequence[dict[str, Tensor]]) -> Tensor:
-        """J_o v for blocks of directions, each parameter -> (K_i, *shape) (absent = zero):
-        (Σ K_i, O, C), the blocks' rows in order."""
-        sizes = [next(iter(b.values())).shape[0] if b else 0 for b in blocks]
-        out = self.logits.new_zeros(sum(sizes), self.o, self.c)
-        flat = out.view(len(out), -1)
-        for block, lo, k in zip(blocks, np.cumsum([0, *sizes[:-1]]), sizes, strict=True):
-            rows = slice(int(lo), int(lo) + k)
-            for name, v in block.items():
-                if name in self.dense:  # (K, numel) x (numel, O·C), into contiguous rows
-                    flat[rows].addmm_(v.reshape(k, -1).to(flat), self.dense[name].T)
-                elif name in self.factored:
-                    u, a = self.factored[name]
-                    per_channel = torch.einsum("oxj,kxj->okx", a, v.reshape(k, a.shape[1], -1).to(a))
-                    out[rows] += torch.einsum("ocx,okx->koc", u, per_channel)
-        return out
-
-
-#: A factor is accepted when the rank-one residual is within this many rounding errors of max |g|.
-RANK_ONE_ULPS = 64
-
-
-def _channel_factors(jac: LazyJac) -> tuple[Tensor, Tensor] | None:
-    """(u, A) when g (O, C, out, S) = u ⊗ m per (observation, channel) to rounding, else None."""
-    g, patches = jac.g, jac.p  # (O, C, out, S), (O, S, in·k²)
-    o, c, units, positions = g.shape
-    pick = g.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
-    mode = g.gather(1, pick[..., None].expand(o, 1, units, positions))  # (O, 1, out, S)
-    norm = mode.square().sum(3)
-    u = (g * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
-    tol = RANK_ONE_ULPS * torch.finfo(g.dtype).eps * float(g.abs().max())
-    if float((g - u[..., None] * mode).abs().max()) > tol:
-        return None
-    return u, torch.bmm(mode[:, 0], patches)

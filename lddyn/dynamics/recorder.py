@@ -44,8 +44,8 @@ from lddyn.dynamics.groups import (
     group_backward,
     group_ids,
 )
-from lddyn.dynamics.norms import BATCH, RUNNING
-from lddyn.dynamics.observations import ObservationJacobian, ObservationSet, observed_logits
+from lddyn.dynamics.jacobian import ObservationJacobian
+from lddyn.dynamics.observations import BATCH, RUNNING, ObservationSet, observed_logits
 from lddyn.dynamics.optim_split import (
     CARRY,
     DECOUPLED_WD,

@@ -9,7 +9,7 @@ parameters (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-sample Jacobi
 Anything else (a custom module with its own ``nn.Parameter``, grouped convolutions, modules
 called twice per forward) takes the exact generic route: per-sample ``jacrev`` for those
 parameters only. ``build_plan`` decides the route of every parameter; ``NTKPlan`` shows it;
-``layerwise`` builds the features.
+``jacobian`` builds the features.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from lddyn.dynamics.contract import gram_cost, jacobian_cost
 from lddyn.dynamics.functional import Params
-from lddyn.dynamics.norms import BATCH_NORMS, OWN, observing
+from lddyn.dynamics.observations import BATCH_NORMS, OWN, observing
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Per-chunk features of the structured eNTK, built class by class from one forward.
+"""J = ∂z/∂θ layer by layer: the recorder's observation Jacobian and the eNTK's features.
 
-One forward of the observation function (``norms.observing``: eval mode, BatchNorm per the
+One forward of the observation function (``observations.observing``: eval mode, BatchNorm per the
 normalisation mode, so samples do not interact) records every site's input (x̂ for norm layers);
 a zero tensor added to each site output makes ∂z_c/∂y its gradient. Then, for each class c, one
 backward of Σ_n z_c(x_n) gives every sample's cotangent g_c at every site, which is folded into
-that site's features at once and dropped: peak memory holds one class of cotangents, not C.
+that site's features at once and dropped. For a layer y = W a + b the Jacobian row of class c is
+Σ_s g_c[s] ⊗ a[s]; a norm layer's affine has Σ_s g_c ⊙ x̂ and Σ_s g_c. Parameters of layers the
+structured plan does not know take exact per-sample ``jacrev`` rows (``generic_jacobians``).
 
 Layouts (C classes, n samples): Jacobian blocks (n, C, numel), sample-major like ``jacrev``;
 Gram features p (n, S, K) and g (C, n, S, O). A per-layer weight Jacobian keeps the C cotangents
@@ -14,14 +16,24 @@ GEMMs of C·O rows per sample, in chunks, while contracting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lddyn.dynamics.contract import Features, LazyJac
-from lddyn.dynamics.functional import LogitsReader, Params, logits_fn, output_logits
-from lddyn.dynamics.norms import RUNNING, Mode, fold, observing, xhat
-from lddyn.dynamics.structured import NTKPlan, Site, jac_layout
+from lddyn.dynamics.functional import (
+    LogitsReader,
+    Params,
+    frozen_state,
+    logits_fn,
+    output_logits,
+    trainable_params,
+)
+from lddyn.dynamics.observations import RUNNING, Mode, ObservationSet, fold, joint_mode, observing, xhat
+from lddyn.dynamics.structured import NTKPlan, Site, cached_plan, jac_layout
 
 
 class PatchBuilder:
@@ -177,3 +189,71 @@ def structured_features(
     big = [b for b in ordered if b.shape[-1] >= 4096]
     small = [b for b in ordered if b.shape[-1] < 4096]
     return Features(big + ([torch.cat(small, dim=2)] if small else []), grams)  # type: ignore[list-item]
+
+
+class ObservationJacobian:
+    """J_o of observation sets at the model's current parameters and buffers, per parameter.
+
+    All sets go through one forward, each row in its set's mode, and C backwards. A layer's block
+    is kept as (O·C, numel) rows, or, when its class cotangents factor per output channel,
+    g_c[ch, s] = u_c[ch] m[ch, s] (a layer that reaches the logits only through per-channel maps,
+    global pooling and the head: the last convolution of a CNN), as the factors u (O, C, out) and
+    A = Σ_s m[·, s] ⊗ patch[s] (O, out, in·k²), which makes J_o v a per-channel product instead
+    of C rows per observation. Build it before the optimiser step; ``apply`` evaluates any
+    directions there afterwards.
+    """
+
+    def __init__(
+        self, model: nn.Module, sets: list[ObservationSet], read: LogitsReader = output_logits
+    ) -> None:
+        params, state = trainable_params(model), frozen_state(model)
+        x, mode = torch.cat([s.x for s in sets]), joint_mode(sets)
+        plan = cached_plan(model, params, state, x)
+        logits, blocks, _ = site_blocks(model, plan, params, state, x, mode, read)
+        if plan.generic:
+            blocks.update(generic_jacobians(model, plan.generic, params, state, x, mode, read))
+        self.logits = logits  # (O, C) before the step
+        self.o, self.c = logits.shape
+        self.dense: dict[str, Tensor] = {}  # name -> (O·C, numel)
+        self.factored: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (u (O, C, out), A (O, out, in·k²))
+        for name, b in blocks.items():
+            factors = _channel_factors(b) if isinstance(b, LazyJac) else None
+            if factors is not None:
+                self.factored[name] = factors
+            else:
+                self.dense[name] = (b.full() if isinstance(b, LazyJac) else b).reshape(self.o * self.c, -1)
+
+    def apply(self, blocks: Sequence[dict[str, Tensor]]) -> Tensor:
+        """J_o v for blocks of directions, each parameter -> (K_i, *shape) (absent = zero):
+        (Σ K_i, O, C), the blocks' rows in order."""
+        sizes = [next(iter(b.values())).shape[0] if b else 0 for b in blocks]
+        out = self.logits.new_zeros(sum(sizes), self.o, self.c)
+        flat = out.view(len(out), -1)
+        for block, lo, k in zip(blocks, np.cumsum([0, *sizes[:-1]]), sizes, strict=True):
+            rows = slice(int(lo), int(lo) + k)
+            for name, v in block.items():
+                if name in self.dense:  # (K, numel) x (numel, O·C), into contiguous rows
+                    flat[rows].addmm_(v.reshape(k, -1).to(flat), self.dense[name].T)
+                elif name in self.factored:
+                    u, a = self.factored[name]
+                    per_channel = torch.einsum("oxj,kxj->okx", a, v.reshape(k, a.shape[1], -1).to(a))
+                    out[rows] += torch.einsum("ocx,okx->koc", u, per_channel)
+        return out
+
+
+#: A factor is accepted when the rank-one residual is within this many rounding errors of max |g|.
+RANK_ONE_ULPS = 64
+
+
+def _channel_factors(jac: LazyJac) -> tuple[Tensor, Tensor] | None:
+    """(u, A) when g (O, C, out, S) = u ⊗ m per (observation, channel) to rounding, else None."""
+    g, patches = jac.g, jac.p  # (O, C, out, S), (O, S, in·k²)
+    o, c, units, positions = g.shape
+    pick = g.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
+    mode = g.gather(1, pick[..., None].expand(o, 1, units, positions))  # (O, 1, out, S)
+    norm = mode.square().sum(3)
+    u = (g * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
+    tol = RANK_ONE_ULPS * torch.finfo(g.dtype).eps * float(g.abs().max())
+    if float((g - u[..., None] * mode).abs().max()) > tol:
+        return None
+    return u, torch.bmm(mode[:, 0], patches)
