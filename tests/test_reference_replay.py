@@ -21,6 +21,7 @@ the loader restarts and the annealing boundary at the published 500 x 500 schedu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -28,13 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lddyn.config import load_config
-from lddyn.data.samplers import RandomPasses
-from lddyn.methods.dytrim import DyTrim
+from lddyn.data.samplers import PassRules, RandomPasses
+from lddyn.data.sets import SSLData
+from lddyn.methods import RunInfo
+from lddyn.methods.dytrim import DyTrim, DyTrimConfig
 from lddyn.train.events import Callback
 from lddyn.train.run import start_run
 from tests.test_cifar_source import write_cifar10
@@ -517,3 +521,104 @@ def test_reference_replays_the_released_iteration(tmp_path: Path) -> None:
     for r in replay.report:
         cells = " | ".join(f"{r[g][0]:3d} ({r[g][1]:.1e})" for g in ("student", "ema", "adam", "dytrim"))
         print(f"{r['step']:4d}  {cells}")
+
+
+# --- focused: the published 500 x 500 schedule, out of reach of a few replayed steps ---------------------
+
+PUBLISHED = {"epoch": 500, "epochs": 500, "delta": 0.875, "ahead": 8}
+
+
+def loader_schedule(
+    batch: int, sizes: list[int], rules: PassRules | None, steps: int
+) -> list[tuple[int, int, int]]:
+    """Per training step (pools drawn so far, size of the batch's pool, passes started), from lddyn's
+    stream with ``rules``, or from the released loader mechanics when ``rules`` is None."""
+    out = []
+    if rules is None:
+        loader = ReleasedLoader(batch, PUBLISHED["ahead"])
+        loader.attach(lambda: Pool(set(range(sizes[len(loader.pools)])), torch.ones(1)))
+        for step in range(1, steps + 1):
+            if (step - 1) % PUBLISHED["epoch"] == 0:
+                loader.new_iterator()
+            pool = loader.next()
+            out.append((len(loader.pools), len(loader.pools[pool].members), loader.iterators))
+        return out
+    drawn = []
+
+    def refresh(_: torch.Generator) -> tuple[Tensor, Tensor]:
+        drawn.append(sizes[len(drawn)])
+        return torch.arange(drawn[-1]), torch.ones(max(sizes), dtype=torch.float64)
+
+    stream, gen = RandomPasses(max(sizes), refresh, rules), torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        stream.next_batch(batch, gen)
+        out.append((len(drawn), stream.pool_size, stream.passes))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("batch", "first", "later"),
+    [(32, 3720, 2700), (64, 11163, 8000), (64, 33720, 33720)],
+    ids=["cifar10-labeled", "cifar10-unlabeled", "cifar10-u1-unlabeled"],
+)
+def test_loader_restarts_and_read_ahead_at_the_published_schedule(batch: int, first: int, later: int) -> None:
+    """Three epochs of the published loaders (500 iterations, 4 workers x 2 batches ahead) against
+    RandomPasses with the reference preset's rules: when a new pool is drawn, which pool each batch
+    comes from, when a pass starts. CIFAR-10-LT sizes: labeled 3720 then pruned pools of about 2700
+    (116 and 85 batches of 32), unlabeled 11163 then about 8000, and 33720 for gamma_u = 1, whose
+    526-batch passes never end inside an epoch, so its unlabeled set is never pruned."""
+    cfg = load_config("reference")
+    rules = PassRules(cfg.ssl.loader_restart, cfg.ssl.loader_lookahead)
+    assert (rules.restart_every, rules.lookahead) == (PUBLISHED["epoch"], PUBLISHED["ahead"])
+    sizes = [first] + [later + 7 * i * (later != first) for i in range(1, 60)]
+    released = loader_schedule(batch, sizes, None, 3 * PUBLISHED["epoch"])
+    assert loader_schedule(batch, sizes, rules, 3 * PUBLISHED["epoch"]) == released
+    if first == later:  # gamma_u = 1: the pool drawn at construction is the only one
+        assert released[-1][0] == 1 and loader_schedule(batch, sizes, PassRules(), 1500)[-1][0] > 1
+
+
+def released_reset(epoch: int) -> tuple[bool, bool]:
+    """DyTrimSampler.reset at the published schedule: (whole set, weights reset to 1)."""
+    stop_prune = PUBLISHED["epochs"] * PUBLISHED["delta"]
+    return epoch > stop_prune, epoch <= stop_prune + 1
+
+
+def tiny_dytrim(cfg: DyTrimConfig, steps: int) -> DyTrim:
+    y_l, y_u = torch.arange(30) % 10, torch.arange(40) % 10
+    x = torch.zeros(len(y_u), 3, 4, 4)
+    data = SSLData("tiny", x[:30], y_l, x, y_u, x[:10], y_u[:10], 10, (0.0,) * 3, (1.0,) * 3, y_l, y_u)
+    return DyTrim(cfg, RunInfo(data, steps, torch.bincount(y_l), labeled_batch=4, unlabeled_batch=8))
+
+
+def refreshed(dy: DyTrim, which: str, step: int) -> tuple[Tensor, Tensor]:
+    """The pool and weights a stream draws at its first batch, taken during ``step``."""
+    dy.progress = float(step - 1)  # steps completed when the batch of ``step`` is drawn
+    stream = dy.stream(which)
+    stream.next_batch(4, torch.Generator().manual_seed(step))
+    return stream.order, stream.weight
+
+
+def test_annealing_boundary_at_the_published_schedule() -> None:
+    """The reference preset anneals at a pool refresh in epoch index > 500 * 0.875 (first step 219,001),
+    resets the unlabeled weights only at refreshes up to epoch 438, and prunes until then."""
+    dy_cfg = next(m for m in load_config("reference").methods if isinstance(m, DyTrimConfig))
+    steps = PUBLISHED["epoch"] * PUBLISHED["epochs"]
+    dy = tiny_dytrim(dy_cfg, steps)
+    dy.scores_lb, dy.scores_ulb = torch.rand(30, dtype=torch.float64), torch.rand(40, dtype=torch.float64)
+    dy.prior = torch.full((10,), 0.5, dtype=torch.float64)
+    earlier = torch.where(torch.arange(40) % 3 == 0, 1 / 0.3, 1.0).double()  # weights of an earlier prune
+    first_full = None
+    for step in [*range(218_740, 219_010), 219_501, 220_001, 249_999]:
+        full, reset = released_reset((step - 1) // PUBLISHED["epoch"])
+        first_full = first_full or (step if full else None)
+        dy.weight_ulb = earlier.clone()
+        for which, n in (("labeled", 30), ("unlabeled", 40)):
+            pool, weight = refreshed(dy, which, step)
+            assert (len(pool) == n) == full, (which, step)
+        if full:  # past the boundary the weights are reset once, then kept as they were
+            assert torch.equal(weight, torch.ones(40, dtype=torch.float64) if reset else earlier), step
+    assert first_full == 219_001
+    lddyn_rule = tiny_dytrim(dataclasses.replace(dy_cfg, epoch_steps=0), steps)  # progress > delta * steps
+    lddyn_rule.scores_ulb = dy.scores_ulb
+    first = next(s for s in range(218_740, 219_010) if len(refreshed(lddyn_rule, "unlabeled", s)[0]) == 40)
+    assert first == 218_752
