@@ -66,6 +66,7 @@ OVERRIDES = [
     f"methods.dytrim.delta={DELTA}",
 ]
 TOL = {"rtol": 1e-10, "atol": 1e-13}
+WITH_GRAD = [False, False, True, True, True]  # baseline image, weak views, labeled, strong 1, strong 2
 
 
 # --- the released data split (train.py make_imb_data, fix_cifar10.train_split) ------------------------
@@ -404,8 +405,17 @@ class Replay(Callback):
         self._check_draws(trainer, ctx, drawn)
         weights = {w: self.loaders[w].pools[drawn[w]].weights for w in drawn}
         inputs, self.inputs = self.inputs, []
-        self._released_step(step, inputs, ctx.lb.index, ctx.ulb.index, weights)
-        self._compare(step, trainer)
+        released = self._released_step(step, inputs, ctx.lb.index, ctx.ulb.index, weights)
+        with torch.no_grad():
+            ours = [
+                ctx.baseline_logits(),
+                ctx.probs,
+                ctx.mask,
+                ctx.ulb.weight,
+                terms[0].loss(),
+                terms[1].loss(),
+            ]
+        self._compare(step, trainer, list(zip(released, ours, released.values(), strict=True)))
 
     def _check_draws(self, trainer, ctx, drawn: dict[str, int]) -> None:  # noqa: ANN001
         for which, batch in (("labeled", ctx.lb), ("unlabeled", ctx.ulb)):
@@ -419,16 +429,11 @@ class Replay(Callback):
             assert stream.passes == loader.iterators, f"{which}: passes started"
             assert (pending is None) == (not loader.sampler.fresh), f"{which}: a pool drawn ahead"
 
-    def _released_step(self, step: int, inputs: list, idx_l: Tensor, idx_u: Tensor, w: dict) -> None:  # noqa: ANN001
-        """train.py's iteration on lddyn's inputs, after its loaders produced the batch's pools."""
+    def _released_step(self, step: int, inputs: list, idx_l: Tensor, idx_u: Tensor, w: dict) -> dict:  # noqa: ANN001
+        """train.py's iteration on lddyn's inputs, after its loaders produced the batch's pools; returns
+        the step's intermediate quantities."""
         assert [x.shape[0] for x, _, _ in inputs] == [1, MU * B, B, MU * B, MU * B]
-        assert all(train for _, train, _ in inputs) and [g for _, _, g in inputs] == [
-            False,
-            False,
-            True,
-            True,
-            True,
-        ]
+        assert all(train for _, train, _ in inputs) and [g for _, _, g in inputs] == WITH_GRAD
         black, u_w, x, u_s1, u_s2 = (t for t, _, _ in inputs)
         assert torch.equal(black, torch.zeros(1, 3, 32, 32, dtype=torch.float64))
         net, dy = self.net, self.dytrim
@@ -450,19 +455,22 @@ class Replay(Callback):
         dy.scores_l[idx_l] = loss_x.detach()
         dy.scores_u[idx_u] = (loss_u[: len(idx_u)] + loss_u[len(idx_u) :]).detach()
         w_l, w_u = w["labeled"][idx_l], w["unlabeled"][idx_u]
-        loss = torch.mean(loss_x * w_l) + torch.mean(loss_u * torch.cat([w_u, w_u]))
-        grads = torch.autograd.grad(loss, [net.state[k] for k in net.params])
+        mean_x, mean_u = torch.mean(loss_x * w_l), torch.mean(loss_u * torch.cat([w_u, w_u]))
+        grads = torch.autograd.grad(mean_x + mean_u, [net.state[k] for k in net.params])
         with torch.no_grad():
             for k in net.params:
                 net.state[k] = net.state[k].detach()
             net.adam_step(dict(zip(net.params, grads, strict=True)))
             weight_ema(net.state, self.ema)
+        return {"baseline_logits": biased, "pseudo_targets": targets_u, "mask": mask[: len(idx_u)],
+                "weights_u": w_u, "loss_x": mean_x.detach(), "loss_u": mean_u.detach()}  # fmt: skip
 
-    def _compare(self, step: int, trainer) -> None:  # noqa: ANN001
+    def _compare(self, step: int, trainer, quantities: list) -> None:  # noqa: ANN001
         dy = next(m for m in trainer.methods if isinstance(m, DyTrim))
         student, ema = trainer.model.state_dict(), trainer.ema_model.state_dict()
         adam = {n: trainer.optimizer.state[p] for n, p in trainer.model.named_parameters()}
         groups = {
+            "quantities": quantities,
             "student": [(k, student[k], v) for k, v in self.net.state.items()],
             "ema": [(k, ema[k], v) for k, v in self.ema.items()],
             "adam": [
@@ -517,9 +525,11 @@ def test_reference_replays_the_released_iteration(tmp_path: Path) -> None:
     cfg = load_config("reference", [f"data.root={tmp_path / 'data'}", *OVERRIDES])
     start_run(cfg, tmp_path / "run", extra=[replay], progress=False)
     assert len(replay.report) == STEPS
-    print("\nstep  tensors (max relative difference): student | EMA | Adam moments | DyTrim scores+prior")
+    groups = ("quantities", "student", "ema", "adam", "dytrim")
+    print("\nstep  tensors compared (largest difference relative to the tensor's largest entry):")
+    print("      step quantities | student | EMA | Adam moments | DyTrim scores, prior")
     for r in replay.report:
-        cells = " | ".join(f"{r[g][0]:3d} ({r[g][1]:.1e})" for g in ("student", "ema", "adam", "dytrim"))
+        cells = " | ".join(f"{r[g][0]:3d} ({r[g][1]:.1e})" for g in groups)
         print(f"{r['step']:4d}  {cells}")
 
 
