@@ -115,6 +115,10 @@ class SSLConfig:
     pseudo_label_mode: str = one_of("train", "train", "eval")  # model mode of the weak-view forward
     separate_bn_batches: bool = True  # forward labeled and each strong view as separate BN batches
     baseline_value: float = 0.0  # colour k of the baseline image, in normalised space
+    log_eps: float = _f(0.0, lambda v: 0 <= v < 1, "in [0, 1)")  # CE on log(softmax + eps); released 1e-8
+    # every N batches a stream restarts its pass over the current pool (released: 500); 0 = never
+    loader_restart: int = non_negative(0)
+    loader_lookahead: int = non_negative(0)  # next pool drawn N batches before a pass ends (released: 8)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student's forward
     deterministic: bool = False  # deterministic kernels only (torch.use_deterministic_algorithms)
     data_placement: str = one_of("auto", "auto", "device", "host")  # training images on the device?
+    dtype: str = one_of("float32", "float32", "float64")  # model, data batches and optimiser state
+    # EMA's integer buffers (num_batches_tracked): copied from the student, or frozen at 0 (released)
+    ema_counts: str = one_of("copy", "copy", "frozen")
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,8 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
 def _check_consistency(cfg: RunConfig) -> None:
     if cfg.train.device not in ("cpu", "auto") and not cfg.train.device.startswith("cuda"):
         raise ConfigError("train.device", cfg.train.device, "cpu | cuda | cuda:N | auto")
+    if cfg.train.dtype == "float64" and cfg.train.precision != "fp32":
+        raise ConfigError("train.precision", cfg.train.precision, "fp32 when train.dtype is float64")
     if cfg.data.dataset == "smallimagenet127" and cfg.data.image_size not in (None, 32, 64):
         raise ConfigError("data.image_size", cfg.data.image_size, "32 | 64 for smallimagenet127")
 

@@ -1,6 +1,7 @@
 """Per-sample loss terms: the common currency of the training step, the methods and the dynamics.
 
-A step's loss is ``L = sum over terms of sum_b weight_b * CE(logits_b + offset, targets_b) / norm``.
+A step's loss is ``L = sum over terms of sum_b weight_b * CE(logits_b + offset, targets_b) / norm``
+(CE with log-softmax, or with log(softmax + log_eps) as the released code takes it).
 Terms stay unreduced until the very end so that the dynamics recorder can split the logit gradient
 G = dL/dz by term, source class, pseudo-label correctness and pruning status, and so that methods
 reshape a step by editing fields (targets, weights, logit offsets) rather than rewriting the loss.
@@ -44,6 +45,9 @@ class LossTerm:
     # Per-sample unweighted loss from the loss logits, for terms that are not a cross-entropy against
     # ``targets`` (a batch-coupled term written as per-sample pieces with the exact gradient). None = soft CE.
     loss_fn: Callable[[Tensor], Tensor] | None = None
+    # > 0: the soft CE takes log(softmax + log_eps) as the released SemiLoss does (its log term is then
+    # capped at -log(log_eps) nats and its gradient is not exactly softmax - targets); 0: log-softmax
+    log_eps: float = 0.0
     # per_sample() once computed: the loss back-propagated and a dynamics recorder see one tensor
     _per_sample: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -55,7 +59,9 @@ class LossTerm:
         """Per-sample loss (soft CE unless ``loss_fn``), shape (N,), before weights and normaliser."""
         if self.loss_fn is not None:
             return self.loss_fn(self.loss_logits())
-        return -(self.targets * F.log_softmax(self.loss_logits(), dim=-1)).sum(-1)
+        z = self.loss_logits()
+        log_p = torch.log(F.softmax(z, dim=-1) + self.log_eps) if self.log_eps else F.log_softmax(z, dim=-1)
+        return -(self.targets * log_p).sum(-1)
 
     def per_sample(self) -> Tensor:
         """Per-sample contribution ell_b to the total loss, shape (N,); computed once per term

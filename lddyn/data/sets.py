@@ -49,9 +49,12 @@ class SSLData:
         return SSLData(**moved)
 
 
-def unit_images(x: Tensor) -> Tensor:
-    """Images as [0, 1] floats: uint8 storage is scaled (ToTensor), float storage returned as is."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+def unit_images(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Images as [0, 1] floats: uint8 storage is scaled (ToTensor) into ``dtype`` (default float32),
+    float storage returned as is, or cast to ``dtype`` when one is given."""
+    if x.dtype == torch.uint8:
+        return x.to(dtype or torch.float32).div_(255.0)
+    return x if dtype is None else x.to(dtype)
 
 
 # data.dataset name -> builder; the builders register themselves in lddyn.data.builders

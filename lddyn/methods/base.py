@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lddyn.config import MethodConfig
-from lddyn.data.samplers import Batch, IndexStream
+from lddyn.data.samplers import Batch, IndexStream, PassRules
 from lddyn.data.sets import SSLData
 from lddyn.losses import LossTerm
 
@@ -40,6 +40,7 @@ class RunInfo:
     seed: int = 0  # the run's seed, for methods that draw their own random numbers
     labeled_batch: int = 1  # B
     unlabeled_batch: int = 1  # mu * B
+    passes: PassRules = PassRules()  # how the run's index streams cut their passes
 
 
 @dataclass

@@ -2,7 +2,8 @@
 ``torch.compile`` and deterministic kernels, all from ``TrainConfig``.
 
 The CPU float32 path is the default; every option here only changes speed (and, for bf16, the
-rounding of the training forwards), never which computation the step performs.
+rounding of the training forwards; for float64, the rounding of the whole step), never which
+computation the step performs.
 """
 
 from __future__ import annotations
@@ -52,11 +53,30 @@ def place_data(data: SSLData, device: torch.device, placement: str) -> SSLData:
     return dataclasses.replace(moved, **host)
 
 
-def batch_images(images: Tensor, index: Tensor, device: torch.device) -> Tensor:
-    """``images[index]`` on ``device`` as [0, 1] floats, wherever ``images`` live (index on their
-    device first; uint8 storage crosses to the device before it is widened)."""
+def batch_images(
+    images: Tensor, index: Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> Tensor:
+    """``images[index]`` on ``device`` as [0, 1] floats (of ``dtype`` if given), wherever ``images``
+    live (index on their device first; uint8 storage crosses to the device before it is widened)."""
     picked = images[index.to(images.device)]
-    return unit_images(picked.to(device, non_blocking=True))
+    return unit_images(picked.to(device, non_blocking=True), dtype)
+
+
+def step_dtype(cfg: TrainConfig) -> torch.dtype:
+    return torch.float64 if cfg.dtype == "float64" else torch.float32
+
+
+def float_data(data: SSLData, dtype: torch.dtype) -> SSLData:
+    """``data`` with its float images in ``dtype`` (uint8 storage stays bytes until batched)."""
+    images = {k: getattr(data, k) for k in ("x_lb", "x_ulb", "x_test")}
+    return dataclasses.replace(data, **{k: v.to(dtype) for k, v in images.items() if v.is_floating_point()})
+
+
+def _inputs_to(dtype: torch.dtype):  # noqa: ANN202
+    def cast(module: nn.Module, args: tuple) -> tuple:
+        return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+
+    return cast
 
 
 def set_deterministic(on: bool) -> None:
@@ -86,6 +106,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         model = model.to(memory_format=torch.channels_last)
     if cfg.precision != "fp32":
         model.register_forward_hook(_float_outputs)
+    if cfg.dtype != "float32":  # probes and checks that build float32 inputs still reach the model
+        model.register_forward_pre_hook(_inputs_to(step_dtype(cfg)))
     return model
 
 

@@ -22,9 +22,11 @@ def model_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
         model.train(previous)
 
 
-def baseline_image(value: float, image_shape: tuple[int, int, int], device: torch.device) -> Tensor:
+def baseline_image(
+    value: float, image_shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype | None = None
+) -> Tensor:
     """A solid image of colour ``value`` in normalised space, shape (1, C, H, W)."""
-    return torch.full((1, *image_shape), float(value), device=device)
+    return torch.full((1, *image_shape), float(value), device=device, dtype=dtype)
 
 
 def _needs_pair(model: nn.Module) -> bool:

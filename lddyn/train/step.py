@@ -65,8 +65,8 @@ def fixmatch_terms(trainer: Trainer, ctx: StepContext) -> list[LossTerm]:
     ulb = trainer.streams["unlabeled"].next_batch(batch(cfg.batch_size * cfg.uratio, "ssl.uratio"), gen)
     dev = trainer.device
     # views are drawn for the global batch in every process, then each keeps its slice
-    x_lb = shard(trainer.aug.weak(batch_images(data.x_lb, lb.index, dev), trainer.gen_aug))
-    u = batch_images(data.x_ulb, ulb.index, dev)
+    x_lb = shard(trainer.aug.weak(batch_images(data.x_lb, lb.index, dev, trainer.dtype), trainer.gen_aug))
+    u = batch_images(data.x_ulb, ulb.index, dev, trainer.dtype)
     u_w = shard(trainer.aug.weak(u, trainer.gen_aug))
     u_s = [shard(trainer.aug.strong(u, trainer.gen_aug)) for _ in range(cfg.num_strong)]
     lb, ulb = trainer.dist.shard_batch(lb), trainer.dist.shard_batch(ulb)
@@ -96,6 +96,7 @@ def supervised_term(trainer: Trainer, lb, logits_x: Tensor) -> LossTerm:  # noqa
         true_class=y,
         status=lb.status,
         labeled=True,
+        log_eps=trainer.cfg.ssl.log_eps,
     )
 
 
@@ -116,4 +117,5 @@ def _consistency(trainer: Trainer, ctx: StepContext, logits_s: Tensor, targets: 
         true_class=true.repeat(s),
         status=ulb.status.repeat(s),
         labeled=False,
+        log_eps=cfg.log_eps,
     )

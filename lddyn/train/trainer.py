@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lddyn.config import RunConfig
 from lddyn.data.augment import AugmentConfig, Augmenter
-from lddyn.data.samplers import IndexStream, RandomPasses
+from lddyn.data.samplers import IndexStream, PassRules, RandomPasses
 from lddyn.data.sets import SSLData, build_data
 from lddyn.losses import LossTerm, total_loss
 from lddyn.methods import Method, RunInfo, StepContext, build_methods
@@ -27,10 +27,12 @@ from lddyn.sinks.parquet import ParquetSink
 from lddyn.train.device import (
     autocast,
     compile_model,
+    float_data,
     place_data,
     prepare_model,
     resolve_device,
     set_deterministic,
+    step_dtype,
 )
 from lddyn.train.distributed import Distributed, world_from_env
 from lddyn.train.events import Callback
@@ -61,7 +63,9 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
-        self.data = place_data(data or build_data(cfg.data), self.device, cfg.train.data_placement)
+        self.dtype = step_dtype(cfg.train)  # of the model, the batches and the optimiser state
+        placed = place_data(data or build_data(cfg.data), self.device, cfg.train.data_placement)
+        self.data = float_data(placed, self.dtype)
         self.aug = Augmenter(self._augment_config())
         self.model = self._build_model().to(self.device)
         labeled_counts = self.data.class_counts("labeled").cpu()
@@ -73,11 +77,12 @@ class Trainer:
             seed=cfg.train.seed,
             labeled_batch=batch,
             unlabeled_batch=batch * cfg.ssl.uratio,
+            passes=PassRules(cfg.ssl.loader_restart, cfg.ssl.loader_lookahead),
         )
         self.methods = build_methods(cfg.methods, self.info)
         for method in self.methods:  # extra heads are part of the model: trained, averaged, saved
             self.model = method.extend_model(self.model).to(self.device)
-        self.model = self.dist.prepare_model(prepare_model(self.model, cfg.train)).to(self.device)
+        self.model = self.dist.prepare_model(prepare_model(self.model, cfg.train)).to(self.device, self.dtype)
         self.term_builder = self._term_builder()
         self.ema_model = copy.deepcopy(self.model).eval()
         for p in self.ema_model.parameters():
@@ -91,7 +96,8 @@ class Trainer:
         self.sink = ParquetSink(self.run_dir)
         self.state = TrainState()
         self.callbacks = list(callbacks or [])
-        self.baseline = baseline_image(cfg.ssl.baseline_value, self.data.image_shape, self.device)
+        shape = self.data.image_shape
+        self.baseline = baseline_image(cfg.ssl.baseline_value, shape, self.device, self.dtype)
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class Trainer:
         if offered:
             return offered[0][1]
         size = len(self.data.y_lb if which == "labeled" else self.data.y_ulb)
-        return RandomPasses(size)
+        return RandomPasses(size, rules=self.info.passes)
 
     def _term_builder(self) -> Method | None:
         """The one method that builds the step's base terms itself, if any (else FixMatch does)."""
