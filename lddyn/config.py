@@ -10,60 +10,27 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lddyn.config_fields import (  # noqa: F401  (re-exported: the sections of methods use them)
+    Check,
+    ConfigError,
+    _f,
+    at_least,
+    non_negative,
+    one_of,
+    positive,
+    unit_closed,
+    unit_open_closed,
+)
 from lddyn.suggest import hint
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments"
-
-
-class ConfigError(ValueError):
-    """A config key with a value outside what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        super().__init__(f"config key {key!r} has value {value!r}; allowed: {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
-
-
-# --- field helpers: a default plus a check that returns an "allowed" text when it fails -------------
-
-Check = Callable[[Any], bool]
-
-
-def _f(default: Any, check: Check | None = None, allowed: str = "", **kw: Any) -> Any:
-    meta = {"check": check, "allowed": allowed}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
-
-
-def positive(default: float) -> Any:
-    return _f(default, lambda v: v > 0, "> 0")
-
-
-def non_negative(default: float) -> Any:
-    return _f(default, lambda v: v >= 0, ">= 0")
-
-
-def at_least(default: float, lo: float) -> Any:
-    return _f(default, lambda v: v >= lo, f">= {lo}")
-
-
-def unit_open_closed(default: float) -> Any:
-    return _f(default, lambda v: 0 < v <= 1, "in (0, 1]")
-
-
-def unit_closed(default: float) -> Any:
-    return _f(default, lambda v: 0 <= v <= 1, "in [0, 1]")
-
-
-def one_of(default: str, *choices: str) -> Any:
-    return _f(default, lambda v: v in choices, " | ".join(choices))
 
 
 # --- sections ---------------------------------------------------------------------------------------
