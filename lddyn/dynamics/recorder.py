@@ -1,17 +1,7 @@
 """The dynamics recorder: the first-order dynamics of recorded training steps, from any loop.
 
-    rec = Recorder(model, optimizer,
-                   observations=[ObservationSet("test", x_test, norm="running", labels=y_test),
-                                 ObservationSet("baseline", x_base, norm="own")],
-                   by=("term", "source_class"))
-    with rec.step() as s:                    # snapshot before the step's first training forward
-        logits = model(x)
-        losses = F.cross_entropy(logits, y, reduction="none") / len(y)
-        s.term("sup", inputs=x, logits=logits, losses=losses, source_class=y)
-        losses.sum().backward()
-        optimizer.step()
-    rows = s.rows()                          # tidy frame (docs/dynamics.md)
-
+``with rec.step() as s:`` around a step's forwards, backward and ``optimizer.step()``, each loss
+term registered by ``s.term(...)``; then ``s.rows()`` (docs/own-loop.md, docs/dynamics.md).
 One step, in order: on entering, θ0 and the buffers b0 are saved and J_o of every observation set
 is formed (``observations``); the step's forwards are captured (``capture``); ``s.term`` reads
 G = ∂(Σ losses)/∂logits; when the backward starts, the group gradients are taken on the live graph
@@ -91,14 +81,8 @@ class Recorder:
             raise ValueError(
                 f"by={tuple(by)} (reserved: {RESERVED}), groups={groups!r} ({DECOUPLED} | {EXACT})"
             )
-        self.model, self.optimizer, self.sets, self.read, self.groups = (
-            model,
-            optimizer,
-            list(observations),
-            logits,
-            groups,
-        )
-        self.by = tuple(by)
+        self.model, self.optimizer, self.sets = model, optimizer, list(observations)
+        self.read, self.groups, self.by = logits, groups, tuple(by)
         self.keys = ("term", *[k for k in self.by if k != "term"], "part")
         sizes = np.cumsum([0] + [len(s.x) for s in self.sets])
         self.obs_ids = [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
@@ -145,9 +129,7 @@ class StepRecord:
     def __init__(self, recorder: Recorder, step: int) -> None:
         self.rec, self.step = recorder, step
         self.terms: list[Term] = []
-        self.results: dict[
-            str, dict[str, tuple[Tensor, list[dict]]]
-        ] = {}  # set -> quantity -> (values, parts)
+        self.results: dict[str, dict[str, tuple[Tensor, list[dict]]]] = {}  # set -> quantity -> values
         self._frame: pd.DataFrame | None = None
         self._inner = False
         self._stacked: dict[str, Tensor] | None = None
