@@ -168,9 +168,13 @@ def sweep(
     except (*EXPECTED, SweepError) as exc:
         fail(exc)
         return
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
-        err.print(f"[bold red]failed:[/] {o.name}: {o.detail}", highlight=False, soft_wrap=True)
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if failed:
+        err.print(
+            f"[bold red]failed:[/] {', '.join(failed)} (errors above; each run.json holds its traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; table: lddyn table {folder}")
     if failed:
