@@ -120,6 +120,7 @@ def resume_run(
         raise RunDirError(f"run directory {run_dir} does not exist")
     info = read_run_json(run_dir)
     request = resume_request(info["config"], list(overrides))
+    ParquetSink(run_dir).check_parts()  # a damaged part is named, and nothing is removed
     finished = info.get("status") == "finished"
     if finished and not request.extends:
         tell(
@@ -129,7 +130,6 @@ def resume_run(
         return None
     logs = list(dict.fromkeys([*info.get("log", []), *logs]))
     extra = [*extra, *log_callbacks(logs)]
-    ParquetSink(run_dir).check_parts()
     ckpt_path = run_dir / CHECKPOINT
     ckpt = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     with recorded_outcome(run_dir, main and not finished) as outcome:  # a finished run stays finished
