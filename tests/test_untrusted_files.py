@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from lddyn.config import load_config, preset_names
 from lddyn.data.cifar import load_cifar
 from lddyn.data.errors import DataFileError
 from lddyn.data.smallimagenet import read_batch
+from lddyn.train.callbacks.checkpoint import read_checkpoint, save_checkpoint
+from lddyn.train.run import build_callbacks
+from lddyn.train.trainer import Trainer
 from tests.conftest import cli, overrides
 from tests.test_cifar_source import write_cifar10
 
@@ -123,3 +127,17 @@ def test_crafted_checkpoint_is_refused_on_resume(tmp_path: Path) -> None:
 
 def subprocess_run(run: Path, *pairs: str):  # noqa: ANN201
     return cli("run", "-p", "digits-fixmatch", "--out", str(run), "-q", "--no-plot", *overrides(*pairs))
+
+
+@pytest.mark.parametrize("preset", sorted(p for p in preset_names() if p.startswith("digits-")))
+def test_every_method_checkpoint_loads_with_weights_only(tmp_path: Path, preset: str) -> None:
+    cfg = load_config(
+        preset, ["train.steps=20", "ssl.batch_size=16", "train.threads=1", "probe.baseline=true"]
+    )
+    trainer = Trainer(cfg, tmp_path, build_callbacks(cfg, progress=False))
+    trainer.dispatch("train_start")
+    for _ in range(2):
+        trainer.dispatch("step_end", *trainer.train_step())
+    save_checkpoint(trainer, tmp_path / "checkpoint.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True: plain types only
+    assert ckpt["state"]["step"] == 2 and set(ckpt["methods"]) == {m.name for m in trainer.methods}

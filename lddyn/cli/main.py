@@ -14,6 +14,7 @@ from lddyn.config import ConfigError, load_config, preset_names, preset_path
 from lddyn.methods import METHODS
 from lddyn.overrides import inert_overrides
 from lddyn.sinks.parquet import CorruptPartError
+from lddyn.train.callbacks.tensorboard import MissingExtra
 from lddyn.train.distributed import is_main_process, world_from_env
 from lddyn.train.outcome import NonFiniteLoss, RunInterrupted
 from lddyn.train.run import RunDirError, resume_run, start_run
@@ -22,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, help="Learning dy
 console = Console()
 err = Console(stderr=True)
 
-EXPECTED = (ConfigError, RunDirError, CorruptPartError, FileNotFoundError, ValueError, ImportError)
+EXPECTED = (ConfigError, RunDirError, CorruptPartError, FileNotFoundError, ValueError, MissingExtra)
 
 
 def fail(exc: BaseException, code: int = 2) -> None:
@@ -99,11 +100,8 @@ def run(
         fail(exc, code=1)
     except KeyboardInterrupt as exc:
         stopped = f"interrupted ({exc})" if str(exc) else "interrupted"
-        err.print(
-            f"[bold yellow]{stopped}[/]; continue with: lddyn run --resume {target}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        then = f"; continue with: lddyn run --resume {target}" if target is not None else ""
+        err.print(f"[bold yellow]{stopped}[/]{then}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=143 if isinstance(exc, RunInterrupted) else 130) from None
 
 

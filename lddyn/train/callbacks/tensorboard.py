@@ -22,12 +22,16 @@ FOLDER = "tensorboard"
 WIDTH = 3  # class indices zero-padded, so TensorBoard sorts them head to tail
 
 
+class MissingExtra(ImportError):
+    """An optional dependency that a requested feature needs is not installed."""
+
+
 def require_tensorboard() -> None:
-    """Raise ImportError with the install line when TensorBoard is missing."""
+    """Raise MissingExtra with the install line when TensorBoard is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as exc:
-        raise ImportError("--log tensorboard needs TensorBoard: pip install 'lddyn[tensorboard]'") from exc
+        raise MissingExtra("--log tensorboard needs TensorBoard: pip install 'lddyn[tensorboard]'") from exc
 
 
 def scalars(table: str, frame: pd.DataFrame) -> list[tuple[str, float, int]]:
