@@ -13,7 +13,7 @@ import yaml
 from lddyn.config import ConfigError
 from lddyn.sinks.parquet import read_table
 from lddyn.sweep import load_grid, plan, run_sweep
-from lddyn.sweep.grid import SweepError, parse_grid, run_state
+from lddyn.sweep.grid import SweepError, parse_grid, run_state, with_overrides
 from lddyn.train.events import Callback
 from lddyn.train.run import start_run
 from tests.conftest import cli
@@ -139,3 +139,44 @@ def test_submitit_executor_runs_through_the_cli(tmp_path: Path) -> None:
     assert sorted(read_table(run, "metrics").step.unique()) == [3, 6]
     assert list((out / "submitit").glob("*_result.pkl"))  # it really went through submitit
     assert "0 finished, 1 skipped" in cli("sweep", str(grid), "--out", str(out)).stdout
+
+
+def test_sweep_set_applies_to_every_run_and_each_run_reports_one_line(tmp_path: Path) -> None:
+    grid = write_grid(
+        tmp_path / "grid.yml",
+        seeds=[0, 1],
+        settings={"g20": {"preset": "digits-fixmatch"},
+                  "bad": {"preset": "digits-fixmatch", "set": ["data.dataset=cifar10"]}},  # no data.root
+        methods={"fixmatch": []},
+    )  # fmt: skip
+    out = tmp_path / "runs"
+    proc = cli("sweep", str(grid), "--out", str(out), "--set", "train.steps=4", "-w", "1", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    for name in ("g20-fixmatch-s0", "g20-fixmatch-s1"):
+        assert f"start    {name} (new)" in proc.stdout and f"finished {name} in " in proc.stdout
+        assert json.loads((out / name / "run.json").read_text())["config"]["train"]["steps"] == 4
+    failed = [line for line in proc.stdout.splitlines() if "failed   bad-fixmatch-s0" in line]
+    assert len(failed) == 1 and "data.root is not set" in failed[0]
+    assert json.loads((out / "bad-fixmatch-s0" / "run.json").read_text())["status"] == "failed"
+    assert "sweep: 4/4 done (2 failed)" in proc.stdout and "left" in proc.stdout
+    assert "2 finished, 0 skipped, 2 failed" in proc.stdout
+
+
+def test_sweep_set_cannot_replace_the_grid_seeds(tmp_path: Path) -> None:
+    proc = cli(
+        "sweep", str(write_grid(tmp_path / "g.yml")), "--set", "train.seed=3", "--dry-run", check=False
+    )
+    assert proc.returncode == 2 and "train.seed" in proc.stderr and "seeds" in proc.stderr
+
+
+def test_config_differs_names_the_keys(tmp_path: Path) -> None:
+    grid = parse_grid(
+        {**GRID, "seeds": [0], "settings": {"g20": GRID["settings"]["g20"]}, "methods": {"f": []}}
+    )
+    spec = plan(grid, tmp_path)[0]
+    start_run(spec.config, spec.run_dir, progress=False)
+    changed = plan(with_overrides(grid, ["train.steps=8", "optim.lr=0.01"]), tmp_path)[0]
+    with pytest.raises(
+        SweepError, match=r"optim.lr: 0.0015 \(run\) vs 0.01 \(grid\); train.steps: 6 \(run\) vs 8"
+    ):
+        run_state(changed)

@@ -5,7 +5,9 @@ Runs are grouped by their configuration with the training seed (and settings tha
 results: threads, cadences, device) removed, so the seeds of one setting form one row. A single
 evaluation of a semi-supervised run is noisy, hence the last-20 mean and median; "best" is the
 evaluation with the highest bACC, every column read at that same evaluation (one model selection).
-Reads only run.json and the parquet parts.
+Where a run has fewer than 20 evaluations, the last-20 statistics say how many they used
+(``last20_mean (12 evals)``). Runs are keyed by ``run_id``, so same-named runs of two sweeps are
+two runs. Reads only run.json and the parquet parts.
 """
 
 from __future__ import annotations
@@ -60,14 +62,14 @@ def setting_of(run: Run) -> dict[str, object]:
 
 
 def group_labels(runs: list[Run]) -> dict[str, str]:
-    """Run name -> a readable setting label: preset and methods, plus the keys that tell apart
+    """Run id -> a readable setting label: preset and methods, plus the keys that tell apart
     settings sharing that label."""
-    settings = {r.name: setting_of(r) for r in runs}
+    settings = {r.run_id: setting_of(r) for r in runs}
     base = {}
     for r in runs:
         cfg = r.info.get("config", {})
         methods = "+".join(m.get("name", "") for m in cfg.get("methods", [])) or "fixmatch"
-        base[r.name] = f"{cfg.get('preset', '?')} {methods}"
+        base[r.run_id] = f"{cfg.get('preset', '?')} {methods}"
     labels = {}
     for name, label in base.items():
         rivals = [settings[n] for n, b in base.items() if b == label and settings[n] != settings[name]]
@@ -79,7 +81,8 @@ def group_labels(runs: list[Run]) -> dict[str, str]:
 
 
 def run_statistics(rows: pd.DataFrame, last: int = LAST) -> dict[tuple[str, str], float]:
-    """(statistic, metric) -> value from one run's summary rows (cls == -1) of one view."""
+    """(statistic, metric) -> value from one run's summary rows (cls == -1) of one view; the
+    last-``last`` statistics use the evaluations there are when there are fewer."""
     wide = rows.pivot_table(index="step", columns="metric", values="value", observed=True).sort_index()
     wide = wide.reindex(columns=list(METRICS))
     tail = wide.iloc[-last:]
@@ -89,7 +92,8 @@ def run_statistics(rows: pd.DataFrame, last: int = LAST) -> dict[tuple[str, str]
 
 
 def long_statistics(runs: list[Run], last: int = LAST) -> pd.DataFrame:
-    """One row per (run, view, statistic, metric) with the run's setting label and seed."""
+    """One row per (run, view, statistic, metric) with the run's setting label, seed and number of
+    evaluations."""
     metrics = load_table(runs, "metrics")
     if metrics.empty:
         raise FileNotFoundError(f"no metrics rows in {[r.name for r in runs]}")
@@ -97,13 +101,13 @@ def long_statistics(runs: list[Run], last: int = LAST) -> pd.DataFrame:
     summary = metrics[metrics.cls == -1]
     out = []
     for run in runs:
-        mine = summary[summary.run == run.name]
+        mine = summary[summary.run_id == run.run_id]
         seed = run.info.get("config", {}).get("train", {}).get("seed")
         for debiased, rows in mine.groupby("debiased"):
-            view = "debiased" if debiased else "raw"
+            view, evals = "debiased" if debiased else "raw", rows.step.nunique()
             for (stat, metric), value in run_statistics(rows, last).items():
-                out.append(dict(setting=labels[run.name], run=run.name, seed=seed, view=view,
-                                statistic=stat, metric=metric, value=value))  # fmt: skip
+                out.append(dict(setting=labels[run.run_id], run=run.run_id, seed=seed, view=view,
+                                statistic=stat, metric=metric, value=value, evals=evals))  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -129,6 +133,7 @@ def paper_table(
     keys = ["setting", "view", "statistic"]
     agg = long.groupby([*keys, "metric"], sort=False).value.agg(["mean", "std"]).unstack("metric")
     seeds = long.groupby(keys, sort=False).run.nunique().rename("seeds")
+    evals = long.groupby(keys, sort=False).evals.min()
     table = pd.DataFrame(index=agg.index)
     for m in metrics:
         table[f"{m}_mean"], table[f"{m}_std"] = agg[("mean", m)], agg[("std", m)]
@@ -136,7 +141,13 @@ def paper_table(
     order = {"view": list(views), "statistic": list(stats)}
     for col, values in order.items():
         table[col] = pd.Categorical(table[col], categories=values, ordered=True)
-    return table.sort_values(keys, kind="stable").reset_index(drop=True)
+    table = table.sort_values(keys, kind="stable").reset_index(drop=True)
+    used = evals.reindex(pd.MultiIndex.from_frame(table[keys].astype(str))).to_numpy()
+    table["statistic"] = [
+        f"{stat} ({n} evals)" if stat.startswith("last") and n < last else stat
+        for stat, n in zip(table.statistic.astype(str), used, strict=True)
+    ]
+    return table
 
 
 def _cell(mean: float, std: float, latex: bool) -> str:

@@ -112,7 +112,7 @@ def report(
     import pandas as pd
 
     from lddyn.analysis.report import write_report
-    from lddyn.analysis.results import percent_columns
+    from lddyn.analysis.results import percent_columns, short_statistics
 
     try:
         result = write_report(list(runs), out, per_run or None)
@@ -121,7 +121,9 @@ def report(
         return
     table = pd.read_csv(out / "results.csv")
     shown = table.assign(**{c: 100 * table[c] for c in percent_columns(table)})
-    print_frame(shown.drop(columns=["methods"]), "results (percent)", digits=3)
+    print_frame(shown.drop(columns=["methods", "run_id", "path"]), "results (percent)", digits=3)
+    for line in short_statistics(table):
+        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
     for line in result.skipped:
         err.print(f"[yellow]not drawn:[/] {line}", highlight=False, soft_wrap=True)
     pngs = sum(p.suffix == ".png" for p in result.written)

@@ -16,15 +16,34 @@ from rich.console import Console
 from rich.table import Table
 
 from lddyn.config import ConfigError, load_config
+from lddyn.overrides import inert_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Learning dynamics of long-tailed SSL.")
 console = Console()
 err = Console(stderr=True)
 
 
-def fail(exc: BaseException) -> None:
+def fail(exc: BaseException, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
+
+
+def run_overrides(set_: list[str], probe: list[str], record: list[str], data_root: Path | None) -> list[str]:
+    """The ``--set`` list with ``--data-root``, ``--probe`` and ``--record`` written as overrides."""
+    overrides = ([f"data.root={data_root}"] if data_root is not None else []) + list(set_)
+    for name in probe:
+        if name != "baseline":
+            raise ConfigError("--probe", name, "baseline")
+        overrides.append("probe.baseline=true")
+    for name in record:
+        if name != "dynamics":
+            raise ConfigError("--record", name, "dynamics")
+        overrides.append("record.dynamics=true")
+    return overrides
+
+
+def warn(line: str) -> None:
+    err.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 def show_version(value: bool) -> None:
@@ -55,34 +74,43 @@ def run(
         None, "--data-root", help="folder with the original data files (= --set data.root=...)"
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="run directory (default runs/PRESET-TIME)"),
-    resume: Path | None = typer.Option(None, "--resume", help="continue a killed run from its checkpoint"),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="continue a run from its checkpoint (--set train.steps=N extends it)"
+    ),
+    log: list[str] = typer.Option([], "--log", help="live view beside the tables: tensorboard"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the figures written at the end"),
 ) -> None:
     """Train, record and summarise one run (the digits DyTrim default with no arguments)."""
-    from lddyn.cli.training import EXPECTED, is_main_process, resume_run, start_run, world_from_env
+    from lddyn.cli.training import (
+        EXPECTED,
+        NonFiniteLoss,
+        RunInterrupted,
+        is_main_process,
+        resume_run,
+        start_run,
+        world_from_env,
+    )
 
+    main = is_main_process()
+    say = (lambda line: console.print(line, highlight=False, soft_wrap=True)) if main else (lambda line: None)
+    target = resume  # the run directory, for the line an interruption prints
     try:
+        overrides = run_overrides(set_, probe, record, data_root)
         if resume is not None:
-            run_dir = resume_run(resume, progress=not quiet)
+            run_dir = resume_run(resume, overrides, progress=not quiet, say=say, logs=log)
+            if run_dir is None:  # finished, and not extended: nothing was done
+                return
         else:
-            overrides = ([f"data.root={data_root}"] if data_root is not None else []) + list(set_)
-            for name in probe:
-                if name != "baseline":
-                    raise ConfigError("--probe", name, "baseline")
-                overrides.append("probe.baseline=true")
-            for name in record:
-                if name != "dynamics":
-                    raise ConfigError("--record", name, "dynamics")
-                overrides.append("record.dynamics=true")
             cfg = load_config(preset, overrides)
             if out is None and world_from_env()[1] > 1:  # a time stamp could differ between processes
                 raise ConfigError("--out", None, "a run directory (required under torchrun)")
-            run_dir = out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if is_main_process():
-                console.print(f"run directory: {run_dir}", highlight=False)
-            run_dir = start_run(cfg, run_dir, progress=not quiet)
-        if not is_main_process():
+            for line in inert_overrides(cfg, overrides, world_from_env()[1]) if main else []:
+                warn(line)
+            run_dir = target = out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            say(f"run directory: {run_dir}")
+            run_dir = start_run(cfg, run_dir, progress=not quiet, logs=log)
+        if not main:
             return
         print_summary(run_dir)
         if not no_plot:
@@ -93,11 +121,21 @@ def run(
             console.print(f"figures in {run_dir / 'figures'}: {names}", highlight=False, soft_wrap=True)
     except EXPECTED as exc:
         fail(exc)
+    except NonFiniteLoss as exc:
+        fail(exc, code=1)
+    except KeyboardInterrupt as exc:
+        stopped = f"interrupted ({exc})" if str(exc) else "interrupted"
+        then = f"; continue with: lddyn run --resume {target}" if target is not None else ""
+        err.print(f"[bold yellow]{stopped}[/]{then}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=143 if isinstance(exc, RunInterrupted) else 130) from None
 
 
 @app.command()
 def sweep(
     grid_file: Path = typer.Argument(..., help="grid YAML: seeds x settings x methods"),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="override for every run, key.sub=value (repeatable; after the grid's own)"
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="folder of the runs (default runs/sweeps/NAME)"
     ),
@@ -107,16 +145,20 @@ def sweep(
     workers: int | None = typer.Option(None, "--workers", "-w", help="local executor: parallel runs"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
 ) -> None:
-    """Run a grid: finished runs are skipped, killed or failed ones resumed, the rest started."""
+    """Run a grid: finished runs are skipped, interrupted or failed ones resumed, the rest started."""
     from lddyn.cli.training import EXPECTED
     from lddyn.sweep import load_grid, plan, run_sweep
-    from lddyn.sweep.grid import SweepError, run_state
+    from lddyn.sweep.grid import SweepError, run_state, with_overrides
 
     try:
-        grid = load_grid(grid_file)
+        grid = with_overrides(load_grid(grid_file), list(set_))
         folder = out or Path(grid.out or Path("runs") / "sweeps" / grid.name)
         specs = plan(grid, folder)
         states = {spec.name: run_state(spec) for spec in specs}
+        for line in dict.fromkeys(
+            w for spec in specs for w in inert_overrides(spec.config, [*grid.common, *grid.overrides])
+        ):
+            warn(line)
         shown = Table(title=f"sweep {grid.name}: {len(specs)} runs in {folder}", title_justify="left")
         for col in ("run", "setting", "method", "seed", "state"):
             shown.add_column(col)
@@ -126,13 +168,18 @@ def sweep(
         if dry_run:
             return
         options = {k: v for k, v in (("name", executor), ("workers", workers)) if v is not None}
-        outcomes = run_sweep(specs, grid, folder, options)
+        say = lambda line: console.print(line, highlight=False, soft_wrap=True)  # noqa: E731
+        outcomes = run_sweep(specs, grid, folder, options, say=say)
     except (*EXPECTED, SweepError) as exc:
         fail(exc)
         return
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
-        err.print(f"[bold red]failed:[/] {o.name}: {o.detail}", highlight=False, soft_wrap=True)
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if failed:
+        err.print(
+            f"[bold red]failed:[/] {', '.join(failed)} (errors above; each run.json holds its traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; table: lddyn table {folder}")
     if failed:

@@ -1,17 +1,18 @@
 """CIFAR-10 / CIFAR-100 from the original python pickle batches under a user-given root.
 
 Accepted roots: the folder holding ``cifar-10-batches-py`` / ``cifar-100-python``, or that folder
-itself. Nothing is downloaded. Images come back as uint8 (N, 3, 32, 32) in file order.
+itself. Nothing is downloaded. Images come back as uint8 (N, 3, 32, 32) in file order. The pickles
+are read by a restricted unpickler (``safe_pickle``), so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from lddyn.data.errors import DataFileError
+from lddyn.data.safe_pickle import load_data_pickle
 
 CIFAR = {
     "cifar10": {
@@ -49,12 +50,13 @@ def _read_batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray,
     if not path.exists():
         raise DataFileError(f"{path} is missing")
     try:
-        with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
+        entry = load_data_pickle(path, "CIFAR batch")
         data, labels = (
             np.asarray(entry[b"data"], dtype=np.uint8),
             np.asarray(entry[label_key], dtype=np.int64),
         )
+    except DataFileError:
+        raise
     except Exception as exc:
         raise DataFileError(f"{path} is not a readable CIFAR pickle batch: {exc}") from exc
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):

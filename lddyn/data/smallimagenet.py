@@ -9,7 +9,6 @@ labels are already 1..127, or the official ``Imagenet{s}_train`` / ``Imagenet{s}
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from lddyn.data.errors import DataFileError, check_labels, first_existing, require_root
 from lddyn.data.imagenet127 import MAP_FILES, class_map_127
+from lddyn.data.safe_pickle import load_data_pickle
 
 CLASSES = 127
 MEAN = (0.48109809, 0.45747185, 0.40785507)
@@ -40,10 +40,11 @@ def read_batch(path: Path, side: int, num_labels: int) -> tuple[np.ndarray, np.n
     if not path.exists():
         raise DataFileError(f"{path} is missing")
     try:
-        with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
+        entry = load_data_pickle(path, "down-sampled ImageNet", encoding="latin1")
         data = np.asarray(entry.get("data", entry.get(b"data")), dtype=np.uint8)
         labels = np.asarray(entry.get("labels", entry.get(b"labels")), dtype=np.int64)
+    except DataFileError:
+        raise
     except Exception as exc:
         raise DataFileError(
             f"{path} is not a readable down-sampled ImageNet pickle (a dict with 'data' and 'labels'): {exc}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,15 @@ class CorruptPartError(RuntimeError):
 
 
 class ParquetSink:
-    """Buffers rows per table; ``flush`` writes one part per table holding rows."""
+    """Buffers rows per table; ``flush`` writes one part per table holding rows.
+
+    ``listeners`` see every block of rows as it is added (a live view such as TensorBoard).
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.buffers: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        self.listeners: list[Callable[[str, pd.DataFrame], None]] = []
 
     def add(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Buffer row records (dicts with the same keys, ``step`` among them)."""
@@ -45,6 +50,8 @@ class ParquetSink:
             raise KeyError(f"rows for table {table!r} have no 'step' column: {list(frame.columns)}")
         if len(frame):
             self.buffers[table].append(frame)
+            for listen in self.listeners:
+                listen(table, frame)
 
     def pending(self) -> int:
         return sum(len(f) for frames in self.buffers.values() for f in frames)

@@ -8,11 +8,12 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "failed", "interrupted")
 PACKAGES = ("lddyn", "torch", "kornia", "numpy", "pandas", "pyarrow", "duckdb", "scikit-learn")
 
 
@@ -52,6 +53,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 def new_run_json(config: dict[str, Any], seeds: dict[str, int]) -> dict[str, Any]:
     return {
+        "run_id": uuid.uuid4().hex[:12],
         "status": "running",
         "config": config,
         "seeds": seeds,
@@ -68,4 +70,12 @@ def set_status(run_dir: Path, status: str, **extra: Any) -> None:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
     info = read_run_json(run_dir)
     info.update(status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+    write_json_atomic(run_dir / "run.json", info)
+
+
+def record_extension(run_dir: Path, config: dict[str, Any], at_step: int, old_steps: int) -> None:
+    """A resume that grew train.steps: the new config, and the history of the change."""
+    info = read_run_json(run_dir)
+    change = {"at_step": at_step, "steps_before": old_steps, "steps_after": config["train"]["steps"]}
+    info.update(config=config, extensions=[*info.get("extensions", []), change])
     write_json_atomic(run_dir / "run.json", info)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lddyn.config import ConfigError, RunConfig, apply_override, build_config, load_preset
+from lddyn.overrides import describe_differences, differences
 
 GRID_KEYS = ("name", "seeds", "set", "settings", "methods", "executor", "out")
 NAME = re.compile(r"^[A-Za-z0-9_.+=-]+$")
@@ -61,6 +62,7 @@ class Grid:
     common: tuple[str, ...] = ()
     executor: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
     out: str | None = None
+    overrides: tuple[str, ...] = ()  # ``lddyn sweep --set``: after the grid's and the setting's own
 
 
 def _require(cond: bool, key: str, value: object, allowed: str) -> None:
@@ -111,6 +113,14 @@ def load_grid(path: str | Path) -> Grid:
     return parse_grid(yaml.safe_load(path.read_text()), default_name=path.stem.split(".")[0])
 
 
+def with_overrides(grid: Grid, overrides: list[str]) -> Grid:
+    """The grid with ``--set`` overrides for every run (the seeds stay the grid's own)."""
+    for assignment in overrides:
+        if assignment.split("=", 1)[0].strip() == "train.seed":
+            raise ConfigError("--set train.seed", assignment, "the grid's seeds: [...] list instead")
+    return replace(grid, overrides=(*grid.overrides, *overrides))
+
+
 def _method_entries(
     entries: list[Any], preset_methods: list[dict[str, Any]], key: str
 ) -> list[dict[str, Any]]:
@@ -132,7 +142,7 @@ def _method_entries(
 def build_spec_config(grid: Grid, setting: str, method: str | None, seed: int) -> RunConfig:
     spec = grid.settings[setting]
     raw = load_preset(spec["preset"])
-    for assignment in [*grid.common, *spec.get("set", [])]:
+    for assignment in [*grid.common, *spec.get("set", []), *grid.overrides]:
         apply_override(raw, assignment)
     if method is not None and grid.methods is not None:
         raw["methods"] = _method_entries(
@@ -169,9 +179,9 @@ def run_state(spec: RunSpec) -> str:
     info = json.loads(info_path.read_text())
     wanted = json.loads(json.dumps(spec.config.to_dict(), default=str))
     if info.get("config") != wanted:
-        differing = sorted(k for k in wanted if info.get("config", {}).get(k) != wanted[k])
+        diff = differences(info.get("config", {}), wanted)
         raise SweepError(
-            f"{spec.run_dir} holds a run whose config differs from the grid's in {differing}; "
-            "rename the setting or remove the directory"
+            f"{spec.run_dir} holds a run whose config differs from the grid's: "
+            f"{describe_differences(diff, 'run', 'grid')}; rename the setting or remove the directory"
         )
     return "finished" if info.get("status") == "finished" else "resume"

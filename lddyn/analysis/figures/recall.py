@@ -17,12 +17,18 @@ from matplotlib.figure import Figure
 
 from lddyn.analysis.dynamics import run_label
 from lddyn.analysis.figures.theme import HEAD_TO_TAIL, colors, new_figure
+from lddyn.analysis.load import distinct_names
 from lddyn.sinks.parquet import read_table
 
 
-def name_of(run_dir: Path) -> str:
-    name, methods = Path(run_dir).name, run_label(run_dir)
-    return name if methods in name else f"{name} ({methods})"
+def legend_names(run_dirs: Sequence[Path]) -> list[str]:
+    """Distinct run names (parent folders added where two runs share one), with the methods when
+    the name does not say them."""
+    out = []
+    for run_dir, name in zip(run_dirs, distinct_names(run_dirs), strict=True):
+        methods = run_label(run_dir)
+        out.append(name if methods in name else f"{name} ({methods})")
+    return out
 
 
 def draw_run(ax: Axes, last: pd.DataFrame, name: str, color: tuple) -> None:
@@ -40,10 +46,11 @@ def draw_run(ax: Axes, last: pd.DataFrame, name: str, color: tuple) -> None:
 
 def plot(run_dirs: Sequence[Path]) -> Figure:
     fig, (ax,) = new_figure(1, width=5.0)
-    for run_dir, color in zip(run_dirs, colors(len(run_dirs)), strict=True):
+    names = legend_names(run_dirs)
+    for run_dir, name, color in zip(run_dirs, names, colors(len(run_dirs)), strict=True):
         metrics = read_table(run_dir, "metrics")
         last = metrics[(metrics.step == metrics.step.max()) & (metrics.metric == "recall")]
-        draw_run(ax, last, name_of(Path(run_dir)), color)
+        draw_run(ax, last, name, color)
     ax.set(
         xlabel=HEAD_TO_TAIL, ylabel="recall", ylim=(-0.02, 1.02), title="per-class recall, last evaluation"
     )

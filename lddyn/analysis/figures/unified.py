@@ -27,6 +27,7 @@ from lddyn.analysis.dynamics import (
     source_share,
 )
 from lddyn.analysis.figures.theme import HEAD_TO_TAIL, colors, new_figure
+from lddyn.analysis.load import distinct_names
 from lddyn.analysis.prior import distributions, prior
 from lddyn.sinks.parquet import read_table
 
@@ -40,9 +41,21 @@ FACTOR = {
 }
 
 
-def legend_label(run: Path) -> str:
+def legend_label(run: Path, name: str | None = None) -> str:
+    """The methods and the factor each changes, after the run's ``name`` when one is given."""
     names = run_label(run).split("+")
-    return f"{'+'.join(names)}: " + "; ".join(FACTOR.get(n, "?") for n in names)
+    label = f"{'+'.join(names)}: " + "; ".join(FACTOR.get(n, "?") for n in names)
+    return f"{name}, {label}" if name else label
+
+
+def legend_labels(runs: Sequence[Path]) -> list[str]:
+    """One label per run; runs of the same methods are told apart by their distinct names."""
+    methods = [run_label(r) for r in runs]
+    names = distinct_names(runs)
+    return [
+        legend_label(r, n if methods.count(m) > 1 else None)
+        for r, n, m in zip(runs, names, methods, strict=True)
+    ]
 
 
 def term_profile(frame: pd.DataFrame, term: str, kind: str) -> pd.Series:
@@ -67,8 +80,8 @@ def plot(run_dirs: Sequence[Path], kind: str = "test", quantity: str = "update_l
     fig, axes = new_figure(4, width=3.6, height=3.4)
     titles = ("supervised term", "consistency term", "update mass by source class", "baseline prior π(I)")
     labeled = None
-    for run, color in zip(runs, colors(len(runs)), strict=True):
-        frame, label = contributions(run, quantity), legend_label(run)
+    for run, label, color in zip(runs, legend_labels(runs), colors(len(runs)), strict=True):
+        frame = contributions(run, quantity)
         for ax, term in zip(axes[:2], ("sup", "unsup"), strict=True):
             profile = term_profile(frame, term, kind)
             ax.plot(profile.index, profile.values, "o-", ms=3, color=color, label=label)
