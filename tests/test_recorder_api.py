@@ -177,3 +177,23 @@ def test_bad_observation_sets_name_the_value() -> None:
         ObservationSet("test", torch.zeros(2, 3), norm="eval")
     with pytest.raises(ValueError, match="labels has 3 entries"):
         ObservationSet("test", torch.zeros(2, 3), labels=torch.zeros(3))
+
+
+def test_a_term_on_a_slice_of_another_terms_logits_passes_the_gradient_check() -> None:
+    """FreeMatch's fairness term sits on rows of the consistency term's logits: the gradient the
+    loss sends to those logits is both terms', and the recorder expects exactly that."""
+    model = dynref.mlp("batch")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rec = Recorder(model, opt, sets_for(model))
+    x, y = torch.randn(8, 1, 4, 4, dtype=D64), torch.randint(0, dynref.C, (8,))
+    with rec.step() as s:
+        z = model(x)["logits"]
+        main = F.cross_entropy(z, y, reduction="none") / 8
+        part = z[2:5]
+        extra = 0.1 * torch.softmax(part, -1)[:, 0]
+        s.term("main", logits=z, losses=main)
+        s.term("extra", logits=part, losses=extra)
+        opt.zero_grad()
+        (main.sum() + extra.sum()).backward()
+        opt.step()
+    assert set(s.rows().term.dropna()) == {"main", "extra", "bn_coupling"}

@@ -187,6 +187,10 @@ class StepRecord:
         if self._stacked is not None or self._inner:
             return
         with torch.enable_grad(), self._own_pass():
+            # what the registered losses send to each logits tensor (terms may share or slice one)
+            self._logits = list({id(t.logits): t.logits for t in self.terms}.values())
+            total = sum(t.losses.sum() for t in self.terms)
+            self._expected = torch.autograd.grad(total, self._logits, retain_graph=True, allow_unused=True)
             self.group_keys, ids = group_ids(self.terms, self.rec.by)
             g, sw = len(self.group_keys), self.capture.switch
             if self.rec.groups == EXACT:
@@ -229,16 +233,16 @@ class StepRecord:
     def _check_gradients(self) -> None:
         """∂L/∂logits as the trained loss delivered it against the registered terms' G; ∇θL against
         Σ_g ∇θL_g for parameters whose group sums are exact (after every train-mode BatchNorm)."""
-        shared: dict[int, list[Term]] = {}
-        for t in self.terms:
-            shared.setdefault(id(t.logits), []).append(t)
-        for ts in shared.values():
-            want, got = sum(t.G for t in ts), ts[0].seen[-1] if ts[0].seen else None  # the last backward
+        seen = {id(t.logits): t.seen for t in self.terms}
+        for logits, want in zip(self._logits, self._expected, strict=True):
+            got = seen[id(logits)][-1] if seen[id(logits)] else None  # from the last backward
+            want = torch.zeros_like(logits) if want is None else want
             scale = float(want.abs().max())
             err = float("inf") if got is None else float((got - want).abs().max())
             if not err <= 1e-5 * scale + 1e-30:
+                names = [t.name for t in self.terms if t.logits is logits]
                 raise GradientCheckError(
-                    f"terms {[t.name for t in ts]}: the loss back-propagated sends ∂L/∂logits differing "
+                    f"terms {names}: the loss back-propagated sends ∂L/∂logits differing "
                     f"from the registered per-sample losses' by {err:.3g} (max |G| {scale:.3g}); the loss "
                     "must be the sum of the registered losses, normalised as trained (a per-sample norm?)"
                 )
