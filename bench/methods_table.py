@@ -39,8 +39,8 @@ PRESETS = (
 def run_one(preset: str, seed: int, steps: int | None, out: Path, threads: int) -> Path:
     run_dir = out / f"{preset}-s{seed}"
     if (run_dir / "run.json").exists():
-        return resume_run(run_dir, progress=False)  # a finished run is returned as it is
-    overrides = [f"train.seed={seed}", f"train.threads={threads}"]
+        return resume_run(run_dir, progress=False) or run_dir  # a finished run is left as it is
+    overrides = [f"train.seed={seed}", f"train.threads={threads}", "record.dynamics=false"]
     if steps is not None:
         cdmad_start = max(steps // 5, 1)  # the presets' 300 of 1500, kept in proportion
         overrides += [f"train.steps={steps}", f"train.eval_every={max(steps // 10, 1)}"]
