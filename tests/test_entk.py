@@ -110,23 +110,17 @@ def test_float32_relative_error(impl: NTKImpl, name: str, norm: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "norm"), [("mlp", "batch"), ("cnn", "batch"), ("cnn", "layer")])
-def test_implementations_agree_and_trace(name: str, norm: str) -> None:
+def test_implementations_agree(name: str, norm: str) -> None:
     model = small_model(name, norm)
     x1, x2 = inputs(5), inputs(7)
     kernels = {impl: empirical_ntk(model, x1, x2, impl=impl) for impl in IMPLS}
     base = kernels[NTKImpl.JACOBIAN]
     for impl, k in kernels.items():
         assert (k - base).abs().max() <= 1e-10 * max(1.0, base.abs().max().item()), impl
-        tr = empirical_ntk(model, x1, x2, impl=impl, trace=True)
-        assert tr.shape == (5, 7)
-        assert (tr - k.diagonal(dim1=2, dim2=3).sum(-1)).abs().max() <= 1e-10 * max(
-            1.0, tr.abs().max().item()
-        )
 
 
 @pytest.mark.parametrize("route", ["gram", "jacobian"])
-@pytest.mark.parametrize("trace", [False, True])
-def test_every_structured_route_is_exact(route: str, trace: bool) -> None:
+def test_every_structured_route_is_exact(route: str) -> None:
     """Force each weight route on every Conv2d/Linear site; both contractions must match."""
     model = small_model("cnn", "batch")
     x1, x2 = inputs(3), inputs(4)
@@ -136,14 +130,11 @@ def test_every_structured_route_is_exact(route: str, trace: bool) -> None:
         site.route = route
     f1 = lw.structured_features(model, plan, params, state, x1)
     f2 = lw.structured_features(model, plan, params, state, x2)
-    k = ct.contract(f1, f2, trace, max_elems=64)  # tiny chunks exercise the Gram blocking too
-    ref = naive_ntk(model, x1, x2)
-    ref = ref.diagonal(dim1=2, dim2=3).sum(-1) if trace else ref
-    assert (k - ref).abs().max() <= 1e-10
+    k = ct.contract(f1, f2, max_elems=64)  # tiny chunks exercise the Gram blocking too
+    assert (k - naive_ntk(model, x1, x2)).abs().max() <= 1e-10
 
 
-@pytest.mark.parametrize("trace", [False, True])
-def test_factored_layer_jacobian_formed_in_chunks(trace: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_factored_layer_jacobian_formed_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Wide enough for a factored (LazyJac) conv weight, contracted one x2 sample at a time."""
     model = randomise_norms(build_model("cnn", num_classes=5, image_shape=SHAPE, width=16)).double().eval()
     x1, x2 = inputs(3), inputs(4)
@@ -156,8 +147,7 @@ def test_factored_layer_jacobian_formed_in_chunks(trace: bool, monkeypatch: pyte
     assert any(isinstance(b, ct.LazyJac) for b in f2.jac)
     monkeypatch.setattr(ct, "LAZY_CHUNK_ELEMS", 1)
     ref = naive_ntk(model, x1, x2)
-    ref = ref.diagonal(dim1=2, dim2=3).sum(-1) if trace else ref
-    assert (ct.contract(f1, f2, trace, max_elems=1 << 20) - ref).abs().max() <= 1e-10
+    assert (ct.contract(f1, f2, max_elems=1 << 20) - ref).abs().max() <= 1e-10
 
 
 class ConvZoo(nn.Module):
@@ -191,10 +181,7 @@ def test_conv_variants_and_token_linear_are_exact(route: str) -> None:
     f1 = lw.structured_features(model, plan, params, state, x1)
     f2 = lw.structured_features(model, plan, params, state, x2)
     ref = naive_ntk(model, x1, x2)
-    assert (ct.contract(f1, f2, False, max_elems=64) - ref).abs().max() <= 1e-10
-    assert (
-        ct.contract(f1, f2, True, max_elems=64) - ref.diagonal(dim1=2, dim2=3).sum(-1)
-    ).abs().max() <= 1e-10
+    assert (ct.contract(f1, f2, max_elems=64) - ref).abs().max() <= 1e-10
 
 
 class Scale(nn.Module):

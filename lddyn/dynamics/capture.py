@@ -1,13 +1,11 @@
 """What a recorded step's training forwards leave behind for the decoupled group gradients.
 
-While a step is recorded, every grad-enabled forward of the model is captured: the input of each
-structured layer (Linear, Conv2d, norm affine) and a hook on its output that keeps the output's
-cotangent during the recorder's decoupled pass (a tensor hook sees the gradient of the value the
-layer returned, even if a later operation changes it in place). Train-mode BatchNorm runs through
-``DecoupledBatchNorm``: PyTorch's own batch-norm kernels forward and backward, running statistics
-updated exactly as the module does, except inside the decoupled pass, where the batch statistics
-are held constant: δx = γ·σ_B⁻¹·δy. Everything is public PyTorch (hooks, an ``autograd.Function``
-and an instance ``forward`` attribute), installed for the recorded step and removed after it.
+Every grad-enabled forward of a recorded step is captured: each structured layer's input, and a
+hook keeping its output's cotangent in the decoupled pass (a tensor hook sees the gradient of the
+value the layer returned, even if a later operation changes it in place). Train-mode BatchNorm runs
+through ``DecoupledBatchNorm``: PyTorch's own kernels and running-statistics update, except in the
+decoupled pass, which holds the batch statistics: δx = γ·σ_B⁻¹·δy. Public PyTorch only (hooks, an
+``autograd.Function``, an instance ``forward``), installed for the step and removed after it.
 """
 
 from __future__ import annotations

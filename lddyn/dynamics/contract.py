@@ -1,15 +1,9 @@
 """Kernel contractions over per-sample features, and the blocking that bounds their memory.
 
-Features (C classes, n samples of a chunk):
-
-* Jacobian column blocks ``J (n, C, P)``: rows ∂z_c(x_i)/∂θ over P parameters.
-  K[i, j, c, d] = J1[i, c] · J2[j, d], one GEMM of (n1·C, P) by (P, n2·C) per block. A layer's
-  weight Jacobian may stay factored (``LazyJac``: cotangents and patches) and be formed in
-  small sample chunks during the contraction, so the large (n, C, O·K) block never exists.
-* Gram features of a patch layer (Linear or Conv2d weight, W ∈ R^{O×K}, S output positions):
-  inputs ``p (n, S, K)`` (unfolded patches) and output cotangents ``g (C, n, S, O)``. Since
-  J_ic = Σ_s g_ic[s] ⊗ p_i[s],  K[i, j, c, d] = Σ_{s,t} (g_ic[s] · g_jd[t]) (p_i[s] · p_j[t]),
-  contracted as PP = p1 p2ᵀ, then M = PP·g2, then g1·M, never forming the O×K Jacobian.
+Jacobian column blocks J (n, C, P) give K[i, j, c, d] = J1[i, c] · J2[j, d], one GEMM per block;
+a factored block (``LazyJac``) is formed in small sample chunks while contracting. A Gram-route
+weight (patches p (n, S, K), cotangents g (C, n, S, O); J_ic = Σ_s g_ic[s] ⊗ p_i[s]) gives
+K[i, j, c, d] = Σ_{s,t} (g_ic[s] · g_jd[t]) (p_i[s] · p_j[t]), as PP = p1 p2ᵀ, M = PP·g2, g1·M.
 """
 
 from __future__ import annotations
@@ -53,41 +47,26 @@ class Features:
     grams: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # [(p (n,S,K), g (C,n,S,O))]
 
 
-def contract_jac(j1: list[Tensor | LazyJac], j2: list[Tensor | LazyJac], trace: bool) -> Tensor:
-    """Σ_blocks J1 J2ᵀ: (n1, n2, C, C), or its trace over classes (n1, n2).
+def contract_jac(j1: list[Tensor | LazyJac], j2: list[Tensor | LazyJac]) -> Tensor:
+    """Σ_blocks J1 J2ᵀ: (n1, n2, C, C).
 
     Accumulates every block into one transposed (n2·C, n1·C) matrix with ``addmm``; a factored
     block on the x2 side is formed in chunks of about 4 M elements and contracted at once.
     """
     n1, c, _ = j1[0].shape
     n2 = j2[0].shape[0]
-    acc = _new(j1[0], (n2, n1) if trace else (n2 * c, n1 * c))
+    acc = (j1[0].g if isinstance(j1[0], LazyJac) else j1[0]).new_zeros(n2 * c, n1 * c)
     for a, b in zip(j1, j2, strict=True):
-        a = a.full() if isinstance(a, LazyJac) else a
+        a = (a.full() if isinstance(a, LazyJac) else a).reshape(n1 * c, -1)
         step = max(1, LAZY_CHUNK_ELEMS // (c * b.shape[2])) if isinstance(b, LazyJac) else n2
         for lo in range(0, n2, step):
             hi = min(n2, lo + step)
             bb = b.rows(lo, hi) if isinstance(b, LazyJac) else b[lo:hi]
-            _accumulate(acc, lo, hi, a, bb, trace)
-    return acc.T if trace else acc.view(n2, c, n1, c).permute(2, 0, 3, 1)
+            acc[lo * c : hi * c].addmm_(bb.reshape((hi - lo) * c, -1), a.T)
+    return acc.view(n2, c, n1, c).permute(2, 0, 3, 1)
 
 
-def _new(like: Tensor | LazyJac, shape: tuple[int, int]) -> Tensor:
-    ref = like.g if isinstance(like, LazyJac) else like
-    return ref.new_zeros(shape)
-
-
-def _accumulate(acc: Tensor, lo: int, hi: int, a: Tensor, b: Tensor, trace: bool) -> None:
-    """acc[rows of x2 samples lo:hi] += J2 J1ᵀ (or Σ_c J2[:, c] J1[:, c]ᵀ)."""
-    n1, c, _ = a.shape
-    if trace:
-        for k in range(c):
-            acc[lo:hi].addmm_(b[:, k], a[:, k].T)
-    else:
-        acc[lo * c : hi * c].addmm_(b.reshape((hi - lo) * c, -1), a.reshape(n1 * c, -1).T)
-
-
-def contract_gram(p1: Tensor, g1: Tensor, p2: Tensor, g2: Tensor, trace: bool, max_elems: int) -> Tensor:
+def contract_gram(p1: Tensor, g1: Tensor, p2: Tensor, g2: Tensor, max_elems: int) -> Tensor:
     """Σ_{s,t} (g1[c,i,s]·g2[d,j,t]) (p1[i,s]·p2[j,t]) over chunks of j.
 
     Chunks keep the intermediates (n1·S·T·jc for PP, n1·S·O·jc per class for M) near a few
@@ -96,20 +75,13 @@ def contract_gram(p1: Tensor, g1: Tensor, p2: Tensor, g2: Tensor, trace: bool, m
     n1, s, _ = p1.shape
     n2, t, _ = p2.shape
     c, o = g1.shape[0], g1.shape[3]
-    per_j = n1 * s * (t + (c * o if trace else o))
-    step = max(2, min(n2, min(max_elems, 1 << 22) // max(per_j, 1)))
+    step = max(2, min(n2, min(max_elems, 1 << 22) // max(n1 * s * (t + o), 1)))
     p1 = p1.contiguous()
-    out = p1.new_empty((n1, n2) if trace else (n1, n2, c, c))
-    if trace:
-        g1r = g1.permute(1, 2, 0, 3).reshape(n1 * s, c * o)  # ((i,s), (c,o))
-    else:
-        g1r = g1.permute(1, 0, 2, 3).reshape(n1, c, s * o)  # (i, c, (s,o))
+    out = p1.new_empty((n1, n2, c, c))
+    g1r = g1.permute(1, 0, 2, 3).reshape(n1, c, s * o)  # (i, c, (s,o))
     for j in range(0, n2, step):
         sl = slice(j, min(n2, j + step))
-        if trace:
-            out[:, sl] = _gram_trace(p1, g1r, p2[sl], g2[:, sl])
-        else:
-            _gram_block(p1, g1r, p2[sl], g2[:, sl], out[:, sl])
+        _gram_block(p1, g1r, p2[sl], g2[:, sl], out[:, sl])
     return out
 
 
@@ -126,38 +98,25 @@ def _gram_block(p1: Tensor, g1r: Tensor, p2: Tensor, g2: Tensor, out: Tensor) ->
         out[:, :, :, d] = torch.bmm(g1r, m).transpose(1, 2)  # Σ_{(s,o)} g1[i,c,(s,o)] M_d
 
 
-def _gram_trace(p1: Tensor, g1r: Tensor, p2: Tensor, g2: Tensor) -> Tensor:
-    """Σ_c of the Gram kernel: GG[i,s,j,t] = Σ_{c,o} g1[c,i,s,o] g2[c,j,t,o], then Σ_{s,t} GG ⊙ PP."""
-    n1, s, k = p1.shape
-    n2, t, _ = p2.shape
-    c, o = g2.shape[0], g2.shape[3]
-    pp = p1.reshape(n1 * s, k) @ p2.reshape(n2 * t, k).T
-    gg = g1r @ g2.permute(1, 2, 0, 3).reshape(n2 * t, c * o).T
-    return (gg * pp).view(n1, s, n2, t).sum((1, 3))
-
-
-def contract(f1: Features, f2: Features, trace: bool, max_elems: int) -> Tensor:
+def contract(f1: Features, f2: Features, max_elems: int) -> Tensor:
     """The kernel block between two feature chunks: Jacobian part plus every Gram layer."""
-    out = contract_jac(f1.jac, f2.jac, trace) if f1.jac else None
+    out = contract_jac(f1.jac, f2.jac) if f1.jac else None
     for (p1, g1), (p2, g2) in zip(f1.grams, f2.grams, strict=True):
-        part = contract_gram(p1, g1, p2, g2, trace, max_elems)
+        part = contract_gram(p1, g1, p2, g2, max_elems)
         out = part if out is None else out + part
     if out is None:
         raise ValueError("the model has no trainable parameters: the eNTK is empty")
     return out
 
 
-def gram_cost(n1: int, n2: int, c: int, s: int, k: int, o: int, trace: bool) -> float:
+def gram_cost(n1: int, n2: int, c: int, s: int, k: int, o: int) -> float:
     """Multiply-adds of the Gram route for one layer (PP, then M, then the final contraction)."""
-    if trace:
-        return n1 * n2 * s * s * (k + c * o)
     return n1 * n2 * (s * s * k + s * s * c * o + c * c * o * s)
 
 
-def jacobian_cost(n1: int, n2: int, c: int, s: int, k: int, o: int, trace: bool) -> float:
+def jacobian_cost(n1: int, n2: int, c: int, s: int, k: int, o: int) -> float:
     """Multiply-adds of forming per-sample layer Jacobians (C·O·K·S each) and contracting them."""
-    pairs = n1 * n2 * (c if trace else c * c) * o * k
-    return pairs + (n1 + n2) * c * o * k * s
+    return n1 * n2 * c * c * o * k + (n1 + n2) * c * o * k * s
 
 
 def block_plan(n1: int, n2: int, bytes1: float, bytes2: float, budget: float) -> tuple[bool, int, int]:

@@ -1,20 +1,12 @@
 """Empirical neural tangent kernel K(x1_i, x2_j) = J_i J_jᵀ over the trainable parameters.
 
-Shapes: x1 (N1, ...), x2 (N2, ...), C classes; the kernel is (N1, N2, C, C) with
-K[i, j, c, d] = Σ_θ ∂z_c(x1_i)/∂θ · ∂z_d(x2_j)/∂θ, or (N1, N2) with ``trace=True`` (Σ_c K[i, j, c, c]).
-Implementations, chosen by ``NTKImpl`` (the neural-tangents pattern: an enum and a factory):
-
-* ``JACOBIAN``: per-sample Jacobians by ``vmap(jacrev)``, contracted per chunk (PyTorch tutorial).
-* ``STRUCTURED``: layer by layer from activations and output cotangents (plan in
-  ``structured.py``, features in ``jacobian.py``, contractions in ``contract.py``): per Linear /
-  Conv2d weight the cheaper of the Gram route (patch Grams ⊙ cotangent Grams) and a per-layer
-  Jacobian formed in chunks; biases and norm affines from summed cotangents. Unknown layers fall
-  back to exact per-sample Jacobians for their parameters only (``explain_ntk`` shows it).
-* ``AUTO``: ``STRUCTURED`` when structured layers hold most parameters, else ``JACOBIAN``.
-
-Chunking: features are built for chunks of x1 and x2 sized by ``memory_budget_mb`` (estimated
-feature bytes per sample; the output and the model's own activations are not counted), in the
-order that rebuilds the fewest samples (``contract.block_plan``).
+x1 (N1, ...), x2 (N2, ...), C classes: K is (N1, N2, C, C), K[i, j, c, d] = ∂z_c(x1_i)/∂θ ·
+∂z_d(x2_j)/∂θ. ``NTKImpl`` picks the implementation (the neural-tangents pattern):
+``JACOBIAN``, per-sample ``vmap(jacrev)`` Jacobians contracted per chunk; ``STRUCTURED``, layer by
+layer from activations and output cotangents (``structured``, ``jacobian``, ``contract``): per
+weight the cheaper of the Gram route and a per-layer Jacobian, unknown layers by ``jacrev``
+(``explain_ntk`` shows the routes); ``AUTO``, structured when such layers hold most parameters.
+Features are built in chunks of x1 and x2 under ``memory_budget_mb`` (``contract.block_plan``).
 
 .. warning:: The kernel is the one of the model in **eval mode** (dropout off), BatchNorm
    normalising by its *running statistics* (``observations.RUNNING``), whatever the model's mode; no
@@ -63,7 +55,6 @@ def explain_ntk(
     x: Tensor,
     impl: NTKImpl | str = NTKImpl.AUTO,
     n2: int | None = None,
-    trace: bool = False,
     params: Params | None = None,
 ) -> st.NTKPlan:
     """The route of every trainable parameter, for inputs like ``x`` (N1 = len(x), N2 = n2 or N1).
@@ -73,9 +64,8 @@ def explain_ntk(
     """
     params = trainable_params(model) if params is None else params
     plan = st.build_plan(model, params, frozen_state(model), x)
-    with torch.no_grad(), observing(model, RUNNING):
-        c = logits_fn(model)(params, x[:1]).shape[-1]
-    st.choose_routes(plan, model, len(x), n2 or len(x), c, trace)
+    c = _num_classes(model, params, frozen_state(model), x)
+    st.choose_routes(plan, model, len(x), n2 or len(x), c)
     chosen = _resolve(_as_impl(impl), plan)
     if chosen is not NTKImpl.STRUCTURED:
         plan.impl = chosen.value
@@ -97,25 +87,23 @@ def empirical_ntk(
     x2: Tensor | None = None,
     *,
     impl: NTKImpl | str = NTKImpl.AUTO,
-    trace: bool = False,
     memory_budget_mb: float = DEFAULT_BUDGET_MB,
     params: Params | None = None,
 ) -> Tensor:
-    """eNTK between x1 and x2 (x2 = x1 when omitted): (N1, N2, C, C), or (N1, N2) if ``trace``.
+    """eNTK between x1 and x2 (x2 = x1 when omitted): (N1, N2, C, C).
 
     Evaluated at ``params`` (default: the model's trainable parameters) and the model's current
     buffers, in eval mode with running statistics (see the module warning); the model's
     buffers and modes are left exactly as they were. Work is chunked over N1 and N2 so that the
     per-sample features stay under ``memory_budget_mb`` (the output itself is not counted).
     """
-    return entk_fn(model, impl, trace=trace, memory_budget_mb=memory_budget_mb)(params, x1, x2)
+    return entk_fn(model, impl, memory_budget_mb=memory_budget_mb)(params, x1, x2)
 
 
 def entk_fn(
     model: nn.Module,
     impl: NTKImpl | str = NTKImpl.AUTO,
     *,
-    trace: bool = False,
     memory_budget_mb: float = DEFAULT_BUDGET_MB,
 ) -> Kernel:
     """Factory form: ``kernel(params, x1, x2=None) -> Tensor`` for a fixed model and algorithm.
@@ -133,7 +121,7 @@ def entk_fn(
             plan = st.build_plan(model, params, state, x1)
             chosen = _resolve(impl, plan)
         return _featurewise(
-            model, plan if chosen is NTKImpl.STRUCTURED else None, params, state, x1, x2, trace, budget
+            model, plan if chosen is NTKImpl.STRUCTURED else None, params, state, x1, x2, budget
         )
 
     return kernel
@@ -151,7 +139,6 @@ def _featurewise(
     state: Params,
     x1: Tensor,
     x2: Tensor | None,
-    trace: bool,
     budget: float,
 ) -> Tensor:
     """JACOBIAN (plan None) or STRUCTURED: per-chunk features, contracted block by block."""
@@ -166,7 +153,7 @@ def _featurewise(
             jac = lw.generic_jacobians(model, names, params, state, x)
             return Features([jac[n] for n in names])
     else:
-        st.choose_routes(plan, model, len(x1), len(x2), c, trace)
+        st.choose_routes(plan, model, len(x1), len(x2), c)
         if plan.generic:
             log.info("eNTK structured: generic (exact jacrev) route for %s", ", ".join(plan.generic))
         log.debug("%s", plan)
@@ -182,7 +169,7 @@ def _featurewise(
         len(x2),
         lambda s: feats(x1[s]),
         lambda s: feats(x2[s]),
-        lambda f1, f2: contract(f1, f2, trace, max_elems),
+        lambda f1, f2: contract(f1, f2, max_elems),
         order,
         same,
     )

@@ -1,7 +1,5 @@
-"""A model as a function of explicit parameters and buffers, never touching its own state.
-
-Shapes: N samples, C classes; parameters and buffers as dicts name -> tensor.
-"""
+"""A model as a function of explicit parameters and buffers (dicts name -> tensor), never
+touching its own state."""
 
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """Split a step's gradient into groups of samples: ∇θ L = Σ_g ∇θ L_g (+ the BatchNorm coupling).
 
-A group is the set of samples sharing the selected keys (the term's name and any per-sample
-columns: source class, pseudo-label correctness, pruning status, ...). The groups partition the
-samples, so each group's share of the step is exact, not an approximation.
-
-BatchNorm's batch statistics couple the samples of a training batch. *Decoupled* group gradients
-hold them at the batch's values: each sample's gradient then depends on that sample alone, and one
-backward seeded with the per-sample logit gradients G (``capture.DecoupledBatchNorm`` in its
-decoupled mode) gives every layer's output cotangent; a group's gradient is then, per layer, a
-product over the group's rows only (Linear δ_gᵀ a_g, Conv2d the weight gradient of the group's
-rows, norm affine Σ δ·x̂ and Σ δ). What flows through the statistics, ∇θ L − Σ_g ∇θ L_g^dec, is
-the coupling (term ``bn_coupling``). Parameters of other layers, and terms whose logits are not
-rows of the captured forwards, take one backward per group through the same decoupled graph
-(``group_backward``), which is also the *exact* route when the statistics are not held.
+A group is the set of samples sharing the selected keys (the term's name, per-sample columns);
+the groups partition the samples. *Decoupled* group gradients hold BatchNorm's batch statistics at
+the batch's values, so one backward seeded with the per-sample logit gradients G gives every
+layer's output cotangent (``capture``), and a group's gradient is, per layer, a sum over its own
+rows (Linear δ_gᵀ a_g, Conv2d the weight gradient of its rows, norm affine Σ δ·x̂ and Σ δ). The
+rest, ∇θ L − Σ_g ∇θ L_g, is the coupling. Other layers, and terms whose logits are not rows of a
+captured forward, take one backward per group (``group_backward``: also the *exact* route).
 """
 
 from __future__ import annotations
@@ -28,8 +22,6 @@ from lddyn.dynamics.capture import ForwardCall, LayerCall, Switch
 from lddyn.dynamics.observations import fold, xhat
 from lddyn.dynamics.structured import structured_kind
 
-#: lddyn's grouping keys; a recorder accepts any per-sample column as a key.
-GROUP_KEYS = ("term", "source_class", "correct", "status")
 COUPLING_TERM = "bn_coupling"
 EXACT, DECOUPLED = "exact", "decoupled"
 
@@ -68,11 +60,9 @@ def group_ids(terms: Sequence[Term], by: Sequence[str]) -> tuple[list[tuple], li
 def locate(logits: Tensor, calls: Sequence[ForwardCall]) -> list[tuple[int, Tensor, Tensor]] | None:
     """Where each row of ``logits`` was computed: [(call, term rows, call rows)], or None.
 
-    Seeds the rows with their own numbers and reads the gradient at the captured forwards'
-    outputs: a pure selection of rows (cat, split, indexing, adding a constant) delivers each
-    number intact to one output row; anything else (a transform, a head on stored features)
-    does not, and the term takes ``group_backward`` instead. Numbers are exact in every dtype
-    (low-precision dtypes take several passes of smaller digits).
+    Seeds the rows with their own numbers and reads the gradient at the forwards' outputs: a
+    selection of rows (cat, split, indexing, adding a constant) delivers each number intact to
+    one output row, anything else does not (low-precision dtypes take passes of smaller digits).
     """
     outs = [(k, o) for k, c in enumerate(calls) for o in c.outputs]
     n = len(logits)
@@ -130,10 +120,10 @@ def decoupled_sums(
     calls: Sequence[ForwardCall],
     switch: Switch,
     named: dict[str, nn.Parameter],
-) -> tuple[dict[str, Tensor], list[bool], list[str]]:
+) -> dict[str, Tensor]:
     """Σ_{b∈g} ∇θ ℓ_b^dec per parameter, stacked (G + 1, *shape) with a spare last row (the
-    coupling's), from one decoupled backward and per-layer sums; plus which terms were located
-    and the parameters left to ``group_backward`` (layers of other kinds, or called twice)."""
+    coupling's), from one decoupled backward and per-layer sums; ``group_backward`` takes the
+    terms not located in the forwards, and the layers the sums do not know (or called twice)."""
     per_call, mapped = row_groups(terms, ids, calls)
     used = [k for k in range(len(calls)) if bool((per_call[k] >= 0).any())]
     bottom = list({id(p): p for k in used for p in calls[k].bottom}.values())
@@ -159,9 +149,14 @@ def decoupled_sums(
             for role, value in _layer_sums(module, rows, num_groups + 1).items():
                 if role in own:
                     stacked[own[role]] = value.reshape(num_groups + 1, *named[own[role]].shape)
-    rest = [n for n in named if n not in stacked]
-    stacked.update({n: named[n].new_zeros(num_groups + 1, *named[n].shape) for n in rest})
-    return stacked, mapped, rest
+    rest = {n: p for n, p in named.items() if n not in stacked}
+    stacked.update({n: p.new_zeros(num_groups + 1, *p.shape) for n, p in rest.items()})
+    pairs = [[(t, i) for t, i, m in zip(terms, ids, mapped, strict=True) if m == found] for found in (0, 1)]
+    for chosen, params in zip(pairs, (named, rest), strict=True):  # the terms not located: all
+        if chosen and params:
+            for n, g in group_backward(*zip(*chosen, strict=True), num_groups, params, switch, True).items():
+                stacked[n] += g
+    return stacked
 
 
 def _summable(module: nn.Module, pieces: list, calls: Sequence[ForwardCall]) -> bool:

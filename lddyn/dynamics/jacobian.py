@@ -7,11 +7,8 @@ backward of Σ_n z_c(x_n) gives every sample's cotangent g_c at every site, whic
 that site's features at once and dropped. For a layer y = W a + b the Jacobian row of class c is
 Σ_s g_c[s] ⊗ a[s]; a norm layer's affine has Σ_s g_c ⊙ x̂ and Σ_s g_c. Parameters of layers the
 structured plan does not know take exact per-sample ``jacrev`` rows (``generic_jacobians``).
-
-Layouts (C classes, n samples): Jacobian blocks (n, C, numel), sample-major like ``jacrev``;
-Gram features p (n, S, K) and g (C, n, S, O). A per-layer weight Jacobian keeps the C cotangents
-(n, C, O, S) of its layer and its patches (``LazyJac``); Σ_s g[s] ⊗ p[s] is formed in batched
-GEMMs of C·O rows per sample, in chunks, while contracting.
+Layouts: Jacobian blocks (n, C, numel), sample-major like ``jacrev``; Gram features p (n, S, K),
+g (C, n, S, O); a large weight block stays factored (``LazyJac``: cotangents and patches).
 """
 
 from __future__ import annotations
@@ -194,13 +191,10 @@ def structured_features(
 class ObservationJacobian:
     """J_o of observation sets at the model's current parameters and buffers, per parameter.
 
-    All sets go through one forward, each row in its set's mode, and C backwards. A layer's block
-    is kept as (O·C, numel) rows, or, when its class cotangents factor per output channel,
-    g_c[ch, s] = u_c[ch] m[ch, s] (a layer that reaches the logits only through per-channel maps,
-    global pooling and the head: the last convolution of a CNN), as the factors u (O, C, out) and
-    A = Σ_s m[·, s] ⊗ patch[s] (O, out, in·k²), which makes J_o v a per-channel product instead
-    of C rows per observation. Build it before the optimiser step; ``apply`` evaluates any
-    directions there afterwards.
+    One forward (each row in its set's mode) and C backwards. A block is (O·C, numel) rows or, when
+    the cotangents factor per channel, g_c[ch, s] = u_c[ch] m[ch, s] (a last convolution before
+    pooling and the head), the factors u (O, C, out) and A = Σ_s m[·, s] ⊗ patch[s]: J_o v is then
+    a per-channel product. Build it before the step; ``apply`` works afterwards.
     """
 
     def __init__(

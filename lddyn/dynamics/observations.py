@@ -11,9 +11,8 @@ BatchNorm makes the function explicit. Three modes, one ``xhat`` for all of them
   about this function, so baseline images are observed this way.
 * ``batch``: the training batch's statistics, only used inside a recorded training step.
 
-LayerNorm and GroupNorm normalise each sample by itself in every mode. Since ``running`` and
-``own`` are both per-sample functions, one forward can observe a batch whose rows take different
-modes: a ``Mode`` is a name, or consecutive runs of rows, ((name, rows), ...).
+LayerNorm and GroupNorm normalise each sample by itself. Both observation modes are per-sample,
+so one forward can mix them: a ``Mode`` is a name, or runs of rows, ((name, rows), ...).
 """
 
 from __future__ import annotations
@@ -30,14 +29,9 @@ from lddyn.dynamics.functional import LogitsReader, Params, logits_fn, output_lo
 
 #: Layers whose train-mode forward couples samples through batch statistics.
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-NORM_AFFINE = (*BATCH_NORMS, nn.LayerNorm, nn.GroupNorm)
 RUNNING, OWN, BATCH = "running", "own", "batch"
 OBSERVATION_MODES = (RUNNING, OWN)
 Mode = str | tuple[tuple[str, int], ...]  # a name, or runs of consecutive rows ((name, rows), ...)
-
-
-def _channel_dims(a: Tensor) -> tuple[int, ...]:
-    return tuple(d for d in range(a.dim()) if d != 1)
 
 
 def channel_view(v: Tensor, a: Tensor) -> Tensor:
@@ -47,7 +41,7 @@ def channel_view(v: Tensor, a: Tensor) -> Tensor:
 
 def batch_stats(a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(mean, 1/sqrt(var + eps)) per channel over the batch and positions, biased variance."""
-    var, mean = torch.var_mean(a, _channel_dims(a), correction=0)
+    var, mean = torch.var_mean(a, [d for d in range(a.dim()) if d != 1], correction=0)
     return mean, torch.rsqrt(var + eps)
 
 
@@ -123,10 +117,8 @@ def observing(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
 class ObservationSet:
     """Inputs whose log-probabilities the recorder follows, and the function they are observed by.
 
-    ``norm``: ``running`` (BatchNorm with running statistics, per sample: test images, tracked
-    training samples) or ``own`` (each input normalised by its own statistics, buffers untouched:
-    baseline images). ``labels`` (-1 = none) and ``index`` (position in its data set) only label
-    the rows of the ``observations`` table.
+    ``norm``: ``running`` (test images, tracked samples) or ``own`` (baseline images), see above.
+    ``labels`` and ``index`` only label the rows of the ``observations`` table.
     """
 
     name: str

@@ -1,10 +1,8 @@
 """The exact update torch.optim.SGD / Adam / AdamW will make, split linearly into parts.
 
-Given the optimiser state *before* ``step()`` and the group gradients g_g (Σ_g g_g = g), every
-supported optimiser's update is affine in g for a fixed per-element preconditioner P:
-    Δθ = −P ⊙ Σ_g g_g  + carry  − P ⊙ wd·θ  − lr·wd_dec·θ
-so each group's share is −P ⊙ g_g. Adam's P depends on the full gradient through
-v_t = β2 v + (1 − β2) g²; it is computed once from the full gradient and shared by all groups:
+With the optimiser state *before* ``step()`` and gradient pieces g_g (Σ_g g_g = g), the update is
+affine in g for a per-element preconditioner P: Δθ = −P ⊙ Σ_g g_g + carry − P ⊙ wd·θ − lr·wd_dec·θ,
+so each piece's share is −P ⊙ g_g. Adam's P comes from the full gradient (v_t), shared by all:
     P = lr (1 − β1) / (1 − β1^t) / (√(v̂_t) + eps),  v̂_t = v_t / (1 − β2^t),
     carry = −lr β1 m_{t−1} / (1 − β1^t) / (√(v̂_t) + eps).
 SGD (momentum μ, dampening τ): P = lr when there is no buffer yet (times 1 + μ with Nesterov);

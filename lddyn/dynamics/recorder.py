@@ -1,13 +1,10 @@
 """The dynamics recorder: the first-order dynamics of recorded training steps, from any loop.
 
-``with rec.step() as s:`` around a step's forwards, backward and ``optimizer.step()``, each loss
-term registered by ``s.term(...)``; then ``s.rows()`` (docs/own-loop.md, docs/dynamics.md).
-One step, in order: on entering, θ0 and the buffers b0 are saved and J_o of every observation set
-is formed (``observations``); the step's forwards are captured (``capture``); ``s.term`` reads
-G = ∂(Σ losses)/∂logits; when the backward starts, the group gradients are taken on the live graph
-(``groups``); just before ``optimizer.step()`` the gradient is checked against the terms, the
-coupling is ∇θL − Σ_g ∇θL_g and the update is split (``optim_split``); on leaving, everything
-else the block did to θ is ``post_step`` and the observations are forwarded again (measured).
+``with rec.step() as s:`` around a step, terms registered by ``s.term(...)``, then ``s.rows()``
+(docs/own-loop.md). Entering saves θ0, b0 and forms J_o (``jacobian``) and installs the capture;
+``s.term`` reads G; the backward's start takes the group gradients (``groups``); just before
+``optimizer.step()`` the gradient is checked, the coupling set and the update split
+(``optim_split``); leaving measures the change and maps every direction to the observations.
 """
 
 from __future__ import annotations
@@ -57,10 +54,8 @@ class GradientCheckError(RuntimeError):
 class Recorder:
     """Records steps of ``model`` trained by ``optimizer`` at fixed observation sets.
 
-    ``by``: the grouping keys, any of the columns passed to ``StepRecord.term`` plus ``term``.
-    ``logits``: reads the logits from the model's output (default: a tensor, a dict's ``logits``,
-    a tuple's first item). ``groups``: ``decoupled`` (BatchNorm statistics held at the batch's
-    values, the rest reported as term ``bn_coupling``) or ``exact`` (one backward per group).
+    ``by``: grouping keys (``term`` and columns given to ``StepRecord.term``); ``logits``: reads
+    the logits from the model's output; ``groups``: ``decoupled`` or ``exact`` (docs/dynamics.md).
     """
 
     def __init__(
@@ -94,13 +89,10 @@ class Recorder:
         """Dropout is off at observation forwards (said once); other randomness is refused."""
         dropout = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, DROPOUT)})
         if dropout:
-            warnings.warn(
-                f"{', '.join(dropout)} switched off at observation forwards (eval mode)", stacklevel=3
-            )
+            warnings.warn(f"{', '.join(dropout)} switched off at observation forwards", stacklevel=3)
         for s in self.sets:
-            if not torch.equal(
-                observed_logits(self.model, s, read=self.read), observed_logits(self.model, s, read=self.read)
-            ):
+            once, again = (observed_logits(self.model, s, read=self.read) for _ in range(2))
+            if not torch.equal(once, again):
                 raise ValueError(
                     f"observation set {s.name!r}: two forwards of the same inputs differ; "
                     "the model is random at observation forwards (eval mode): remove the randomness"
@@ -154,7 +146,8 @@ class StepRecord:
     ) -> None:
         """Register a loss term: per-sample ``losses`` (N,) of ``logits`` (N, C), summing to the term's
         share of the loss you back-propagate, and per-sample grouping ``columns`` (N,) each.
-        ``inputs``: the batch the logits came from (optional, kept with the term)."""
+        ``inputs``: the batch the logits came from (optional; ``s.terms`` keeps it, e.g. for
+        per-sample values with ``empirical_ntk``)."""
         n = len(logits)
         if not logits.requires_grad or losses.shape != (n,):
             raise ValueError(
@@ -195,18 +188,8 @@ class StepRecord:
             g, sw = len(self.group_keys), self.capture.switch
             if self.rec.groups == EXACT:
                 self._stacked = group_backward(self.terms, ids, g, self.named, sw, decoupled=False)
-                return
-            stacked, mapped, rest = decoupled_sums(self.terms, ids, g, self.capture.calls, sw, self.named)
-            lost = [(t, i) for t, i, m in zip(self.terms, ids, mapped, strict=True) if not m]
-            found = [(t, i) for t, i, m in zip(self.terms, ids, mapped, strict=True) if m]
-            for pairs, names in ((lost, list(self.named)), (found, rest)):
-                if pairs and names:
-                    extra = group_backward(
-                        *zip(*pairs, strict=True), g, {n: self.named[n] for n in names}, sw, decoupled=True
-                    )
-                    for n in names:
-                        stacked[n] += extra[n]
-            self._stacked = stacked
+            else:
+                self._stacked = decoupled_sums(self.terms, ids, g, self.capture.calls, sw, self.named)
 
     # --- just before and after optimizer.step() ---------------------------------------------------
     def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:

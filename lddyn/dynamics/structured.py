@@ -1,15 +1,9 @@
-"""Structured eNTK features: layer by layer from input activations and output cotangents.
+"""Which layers' Jacobians are formed from activations and cotangents, and how (the plan).
 
-For a layer y = W a + b (Linear, or Conv2d on unfolded patches) the per-sample Jacobian of the
-logit z_c is J_c = Σ_s g_c[s] ⊗ a[s], with g_c[s] = ∂z_c/∂y[s] the output cotangent at position
-s. So the kernel needs only activations a (n, S, K) and cotangents g (n, C, S, O), read from one
-forward and C backward passes, never the full Jacobian of size C × P. Normalisation affine
-parameters (BatchNorm in eval mode, LayerNorm, GroupNorm) have per-sample Jacobians
-Σ_s g_c[s] ⊙ x̂[s] (weight) and Σ_s g_c[s] (bias) from the normalised input x̂, tiny to form.
-Anything else (a custom module with its own ``nn.Parameter``, grouped convolutions, modules
-called twice per forward) takes the exact generic route: per-sample ``jacrev`` for those
-parameters only. ``build_plan`` decides the route of every parameter; ``NTKPlan`` shows it;
-``jacobian`` builds the features.
+Linear, Conv2d and norm-affine layers called once per forward are *sites* (``jacobian`` forms
+their rows from inputs and output cotangents); anything else (a custom module with its own
+``nn.Parameter``, grouped convolutions, a module called twice) takes the exact generic route,
+per-sample ``jacrev``. ``build_plan`` routes every parameter; ``NTKPlan`` shows the routes.
 """
 
 from __future__ import annotations
@@ -178,11 +172,11 @@ def _fill_routes(plan: NTKPlan, model: nn.Module) -> None:
         plan.routes.append(Route(full, full.rpartition(".")[0], layer[full], "generic", numel[full]))
 
 
-def choose_routes(plan: NTKPlan, model: nn.Module, n1: int, n2: int, c: int, trace: bool) -> None:
+def choose_routes(plan: NTKPlan, model: nn.Module, n1: int, n2: int, c: int) -> None:
     """Per patch weight, the cheaper of the Gram route and a per-layer Jacobian (by multiply-adds)."""
     for site in plan.sites:
         if site.kind == "patch" and "weight" in site.params:
-            dims = (n1, n2, c, site.s, site.k, site.o, trace)
+            dims = (n1, n2, c, site.s, site.k, site.o)
             site.route = "gram" if gram_cost(*dims) < jacobian_cost(*dims) else "jacobian"
     _fill_routes(plan, model)
 

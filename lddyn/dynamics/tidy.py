@@ -1,9 +1,8 @@
 """Tidy rows of a recorded step: one value per row, its coordinates as columns.
 
-A block is a quantity's values (P, O, C) — P parts (groups, update parts), O observations, C target
-classes — with one metadata dict per part. Key columns missing from a part are null. Columns are
-typed once per step (nullable integers, categoricals): a recorded step writes thousands of rows,
-and converting Python objects row by row would cost more than the step's mathematics.
+A block is a quantity's values (P parts, O observations, C target classes) with one metadata dict
+per part (missing keys are null). Columns are typed once per step (nullable integers,
+categoricals): converting thousands of Python objects row by row would cost more than the maths.
 """
 
 from __future__ import annotations
