@@ -24,6 +24,15 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():  # noqa: ANN201
+    """Tiny kernels: one thread avoids OpenMP oversubscription when other jobs share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cli(
     *args: str, check: bool = True, timeout: float = 600, cwd: Path = ROOT, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -74,12 +74,8 @@ def inputs(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    """Tiny kernels: one thread avoids OpenMP oversubscription when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread) -> None:  # noqa: ANN001
+    """Tiny kernels run on one thread (conftest.one_thread)."""
 
 
 CASES = [("mlp", "batch"), ("mlp", "layer"), ("mlp", "none"), ("cnn", "batch")]

@@ -29,11 +29,8 @@ MODELS = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread) -> None:  # noqa: ANN001
+    """Tiny kernels run on one thread (conftest.one_thread)."""
 
 
 def observation_sets(shape: tuple[int, ...]) -> list[ObservationSet]:
