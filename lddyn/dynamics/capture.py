@@ -139,7 +139,7 @@ class StepCapture:
         layer = LayerCall(module, args[0].detach(), BATCH if batch else RUNNING)
         if batch:
             layer.stats, self.switch.stats = self.switch.stats, None
-        out.register_hook(self._keep(layer))
+        self._handles.append(out.register_hook(self._keep(layer)))
         call.layers.append(layer)
         if not args[0].requires_grad:
             call.bottom += [p for p in module.parameters(recurse=False) if p.requires_grad]
@@ -167,3 +167,4 @@ class StepCapture:
         for m in self._patched:
             del m.forward
         self._handles, self._patched, self._depth = [], [], 0
+        self.calls = []  # the inputs and cotangents it kept

@@ -163,8 +163,10 @@ class StepRecord:
         with self._own_pass():
             G = torch.autograd.grad(losses.sum(), logits, retain_graph=True)[0].detach()
         term = Term(name, logits, losses, cols, G, inputs)
-        logits.register_hook(lambda g: None if self._inner else term.seen.append(g.detach()))
-        torch.autograd.graph.register_multi_grad_hook([losses], self._on_backward, mode="any")
+        self._handles.append(logits.register_hook(lambda g: None if self._inner else term.seen.append(g)))
+        self._handles.append(
+            torch.autograd.graph.register_multi_grad_hook([losses], self._on_backward, mode="any")
+        )
         self.terms.append(term)
 
     @contextmanager
@@ -253,10 +255,13 @@ class StepRecord:
     # --- leaving ----------------------------------------------------------------------------------
     def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
         self.capture.remove()
-        for h in self._handles:
+        for h in self._handles:  # the terms' tensors may outlive the step: nothing of it stays on them
             h.remove()
-        if exc_type is None:
-            self._frame = self._finish()
+        try:
+            if exc_type is None:
+                self._frame = self._finish()
+        finally:  # keep the rows and results, drop the step's working memory
+            self.jac = self.capture = self._stacked = self._parts = self.state0 = None  # type: ignore[assignment]
         return False
 
     def rows(self) -> pd.DataFrame:
