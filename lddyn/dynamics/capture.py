@@ -21,9 +21,7 @@ from lddyn.dynamics.observations import BATCH, BATCH_NORMS, RUNNING, channel_vie
 from lddyn.dynamics.structured import structured_kind
 
 
-class Switch:
-    """Which backward ``DecoupledBatchNorm`` takes: the module's own, or batch statistics held."""
-
+class Switch:  # which backward ``DecoupledBatchNorm`` takes: the module's own, or statistics held
     decoupled = False
     stats: tuple[Tensor, Tensor] | None = None  # the last train-mode call's (mean, 1/σ)
 

@@ -171,11 +171,9 @@ class StepRecord:
 
     @contextmanager
     def _own_pass(self):  # noqa: ANN202
-        self._inner = True
-        try:
-            yield
-        finally:
-            self._inner = False
+        self._inner = True  # the recorder's own backward passes: the hooks stand aside
+        yield
+        self._inner = False
 
     # --- during backward: the group gradients on the live graph -----------------------------------
     def _on_backward(self, _grad: Tensor) -> None:
@@ -207,7 +205,7 @@ class StepRecord:
         self.lr = float(optimizer.param_groups[0]["lr"])
         try:
             self._parts = split_update(optimizer, self.named, self._stacked)
-        except UnsupportedOptimizer as exc:
+        except UnsupportedOptimizer as exc:  # said once per recorder
             if self.rec.unsplit_reason is None:
                 warnings.warn(str(exc), stacklevel=2)
             self.rec.unsplit_reason = str(exc)
