@@ -21,12 +21,20 @@ repeats so machine load hits them alike; each keeps its fastest repeat. torch's 
 apply (the policy is printed).
 
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
+    python bench/bench_recorder.py --breakdown [--steps 30]     # where a recorded step's time goes
     python bench/bench_recorder.py --setting reference [--steps 5] [--device cuda]
+
+``--breakdown`` times the recorder's phases inside recorded digits steps (one thread, CPU time of
+this process), next to an unrecorded step: the J_o of the observations (one forward and C
+backwards, then the layer blocks), the decoupled group gradients (the extra backward and the
+per-layer sums), the update split, the products with J_o, the measuring forwards and the rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import os
 import tempfile
 import time
@@ -35,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lddyn.config import load_config
-from lddyn.dynamics import ObservationSet, Recorder
+from lddyn.dynamics import ObservationSet, Recorder, groups, jacobian, recorder
 from lddyn.models import build_model
 from lddyn.train.callbacks.dynamics import DynamicsRecorder
 from lddyn.train.run import build_callbacks
@@ -50,7 +58,12 @@ CASES: dict[str, list[str]] = {
 }
 
 
-def digits_steps_per_second(overrides: list[str], steps: int) -> float:
+def digits_steps_per_second(
+    overrides: list[str],
+    steps: int,
+    clock=time.perf_counter,
+    warm=lambda: None,  # noqa: ANN001
+) -> float:
     cfg = load_config(
         "digits-dytrim", [f"train.steps={steps + 10}", "train.checkpoint_every=100000", *overrides]
     )
@@ -63,10 +76,51 @@ def digits_steps_per_second(overrides: list[str], steps: int) -> float:
         trainer.dispatch("train_start")
         for _ in range(10):  # warm-up: first touches of memory, oneDNN primitive creation
             trainer.dispatch("step_end", *trainer.train_step())
-        start = time.perf_counter()
+        warm()
+        start = clock()
         while not trainer.finished:
             trainer.dispatch("step_end", *trainer.train_step())
-        return (trainer.state.step - 10) / (time.perf_counter() - start)
+        return (trainer.state.step - 10) / (clock() - start)
+
+
+PHASES = {  # label -> (module, attribute) of a recorder phase
+    "J_o: forward and C backwards": (jacobian, "site_blocks"),
+    "J_o: all of it": (recorder, "ObservationJacobian"),
+    "groups: per-layer sums": (groups, "_layer_sums"),
+    "groups: all of it (extra backward included)": (recorder, "decoupled_sums"),
+    "update split": (recorder, "split_update"),
+    "products with J_o": (jacobian.ObservationJacobian, "apply"),
+    "measuring forwards": (recorder, "observed_logits"),
+    "rows (tidy frame)": (recorder.tidy, "step_frame"),
+}
+
+
+def breakdown(steps: int) -> None:
+    """CPU ms per recorded step of each phase (nested phases are part of their parent's time)."""
+    torch.set_num_threads(1)
+    spent: dict[str, float] = collections.defaultdict(float)
+    for label, (owner, name) in PHASES.items():
+        original = getattr(owner, name)
+
+        def timed(*args, _f=original, _label=label, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.process_time()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                spent[_label] += time.process_time() - start
+
+        setattr(owner, name, functools.wraps(original)(timed))
+    per_step = {}
+    for name, overrides in (("unrecorded", CASES["unrecorded"]), ("recorded", CASES["recorded every step"])):
+        rate = digits_steps_per_second([*overrides, "train.threads=1"], steps, time.process_time, spent.clear)
+        per_step[name] = 1 / rate
+    print(f"digits-dytrim, {steps} timed steps after 10 warm-up steps, one thread, CPU ms per step\n")
+    print("| part | ms / step | x unrecorded step |\n|---|---|---|")
+    base = per_step["unrecorded"]
+    for label, value in [("unrecorded step", base), ("recorded step", per_step["recorded"])] + [
+        (label, spent[label] / steps) for label in PHASES
+    ]:
+        print(f"| {label} | {1000 * value:.1f} | {value / base:.2f} |")
 
 
 def reference_steps_per_second(recorded: bool, steps: int, device: str) -> float:
@@ -132,7 +186,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="reference setting: cpu | cuda")
+    parser.add_argument("--breakdown", action="store_true", help="time the recorder's phases (digits)")
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args.steps or 30)
+        return
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     env = (
         f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPU cores, load average {load}, "
