@@ -34,6 +34,12 @@ QUANTITY_LABELS = {
     "gd_logp": "Δ log π under plain gradient descent, −η T K G (gd_logp)",
     "kg": "logit push J_o ∇θ L_g (kg)",
 }
+#: Short axis labels.
+QUANTITY_AXES = {
+    "update_logp": "Δ log π (update_logp)",
+    "gd_logp": "Δ log π (gd_logp)",
+    "kg": "J_o ∇θ L_g (kg)",
+}
 #: Schema 1 names: quantity -> (table, stored quantity).
 _SCHEMA1 = {
     "gd_logp": ("dynamics", "pred_logp"),

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lddyn.analysis.dynamics import QUANTITY_LABELS, contributions, quantity_rows, step_split
+from lddyn.analysis.dynamics import QUANTITY_AXES, QUANTITY_LABELS, contributions, quantity_rows, step_split
 from lddyn.analysis.figures.theme import colors, new_figure
 
 KEYS = ["observation", "target_class"]
@@ -97,7 +97,8 @@ def plot(
     for ax, o in zip(axes, chosen, strict=True):
         total = totals.loc[o].sort_index()
         meas = None if measured is None else measured.loc[o].sort_index()
-        draw_panel(ax, split[split.observation == o], total, meas, obs[obs.observation == o].iloc[0], label)
+        info = obs[obs.observation == o].iloc[0]
+        draw_panel(ax, split[split.observation == o], total, meas, info, QUANTITY_AXES[quantity])
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize="small")
     fig.suptitle(f"{run.name}, step {step}: {label}, by term and pseudo-label correctness")
