@@ -225,3 +225,24 @@ def test_a_finished_step_leaves_nothing_on_tensors_that_outlive_it() -> None:
     gc.collect()
     assert ref() is None
     assert not [o for o in gc.get_objects() if isinstance(o, StepCapture)]
+
+
+def test_a_step_without_optimizer_step_records_the_change_the_block_made() -> None:
+    """A hand-written update (no ``optimizer.step()``): no optimiser split is invented; the whole
+    change is the block's own part, and it explains the measured change to first order."""
+    model = dynref.mlp("layer")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    rec, step = Recorder(model, opt, sets_for(model)), Step((1, 4, 4))
+    with rec.step() as s:
+        z_lb, l_lb, z_ulb, l_ulb = step.losses(model)
+        s.term("sup", logits=z_lb, losses=l_lb)
+        s.term("unsup", logits=z_ulb, losses=l_ulb)
+        opt.zero_grad()
+        (l_lb.sum() + l_ulb.sum()).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 1e-3 * p.grad
+    rows = s.rows()
+    assert set(rows[rows.quantity == "update_logp"].part) == {"post_step"}
+    r = s.results["test"]
+    assert float(r["residual"][0].abs().max()) < 0.01 * float(r["measured"][0].abs().max())

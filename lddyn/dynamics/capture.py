@@ -165,4 +165,3 @@ class StepCapture:
         for m in self._patched:
             del m.forward
         self._handles, self._patched, self._depth = [], [], 0
-        self.calls = []  # the inputs and cotangents it kept

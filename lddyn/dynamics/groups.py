@@ -151,8 +151,8 @@ def decoupled_sums(
                     stacked[own[role]] = value.reshape(num_groups + 1, *named[own[role]].shape)
     rest = {n: p for n, p in named.items() if n not in stacked}
     stacked.update({n: p.new_zeros(num_groups + 1, *p.shape) for n, p in rest.items()})
-    pairs = [[(t, i) for t, i, m in zip(terms, ids, mapped, strict=True) if m == found] for found in (0, 1)]
-    for chosen, params in zip(pairs, (named, rest), strict=True):  # the terms not located: all
+    pairs = [[(t, i) for t, i, m in zip(terms, ids, mapped, strict=True) if m is on] for on in (False, True)]
+    for chosen, params in zip(pairs, (named, rest), strict=True):  # terms not located: every parameter
         if chosen and params:
             for n, g in group_backward(*zip(*chosen, strict=True), num_groups, params, switch, True).items():
                 stacked[n] += g

@@ -192,7 +192,7 @@ class StepRecord:
                 self._stacked = decoupled_sums(self.terms, ids, g, self.capture.calls, sw, self.named)
 
     # --- just before and after optimizer.step() ---------------------------------------------------
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, *_: object, split: bool = True) -> None:
         if self._stacked is None:
             raise GradientCheckError(
                 "no backward through the registered terms' losses before optimizer.step(): "
@@ -203,14 +203,14 @@ class StepRecord:
             s = self._stacked[n]
             s[-1] = (torch.zeros_like(p) if p.grad is None else p.grad) - s[:-1].sum(0)
         self.lr = float(optimizer.param_groups[0]["lr"])
-        try:
-            self._parts = split_update(optimizer, self.named, self._stacked)
+        try:  # (no split when the optimiser never stepped: its update did not happen)
+            self._parts = split_update(optimizer, self.named, self._stacked) if split else None
         except UnsupportedOptimizer as exc:  # said once per recorder
             if self.rec.unsplit_reason is None:
                 warnings.warn(str(exc), stacklevel=2)
             self.rec.unsplit_reason = str(exc)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    def _after_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         self._theta_opt = clone_state(self.named)
 
     def _check_gradients(self) -> None:
@@ -258,7 +258,7 @@ class StepRecord:
         try:
             if exc_type is None:
                 self._frame = self._finish()
-        finally:  # keep the rows and results, drop the step's working memory
+        finally:  # keep the rows and results, drop the step's working memory (the captured calls too)
             self.jac = self.capture = self._stacked = self._parts = self.state0 = None  # type: ignore[assignment]
         return False
 
@@ -297,7 +297,7 @@ class StepRecord:
         if self._stacked is None:
             raise GradientCheckError("the block ended without a backward through the registered terms")
         if self._parts is None and self._theta_opt is None:  # no optimiser step: coupling from .grad
-            self._before_step(self.rec.optimizer, (), {})
+            self._before_step(self.rec.optimizer, split=False)
         blocks, metas, parts = self._directions()
         ng = len(metas)
         model, sets, read = self.rec.model, self.rec.sets, self.rec.read
