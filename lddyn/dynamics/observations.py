@@ -32,6 +32,7 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 RUNNING, OWN, BATCH = "running", "own", "batch"
 OBSERVATION_MODES = (RUNNING, OWN)
 Mode = str | tuple[tuple[str, int], ...]  # a name, or runs of consecutive rows ((name, rows), ...)
+Stats = tuple[Tensor, Tensor] | None  # a batch's (mean, 1/σ) per channel
 
 
 def channel_view(v: Tensor, a: Tensor) -> Tensor:
@@ -45,31 +46,32 @@ def batch_stats(a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def xhat(module: nn.Module, a: Tensor, mode: Mode, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """The normalised input of a norm layer, before its affine map, in ``mode``.
+def xhat(module: nn.Module, a: Tensor, mode: Mode, stats: Stats = None, affine: bool = False) -> Tensor:
+    """The normalised input of a norm layer in ``mode``, before its affine map (after it with
+    ``affine``: the observation forward, one PyTorch kernel per mode).
 
     ``running`` reads the module's buffers at call time, so inside ``functional_call`` it reads
     the state that was passed in. ``batch`` takes the batch's (mean, 1/σ) from ``stats`` when the
     forward already computed them.
     """
+    w, b = (module.weight, module.bias) if affine else (None, None)
     if isinstance(module, nn.LayerNorm):
-        return F.layer_norm(a, module.normalized_shape, None, None, module.eps)
+        return F.layer_norm(a, module.normalized_shape, w, b, module.eps)
     if isinstance(module, nn.GroupNorm):
-        return F.group_norm(a, module.num_groups, None, None, module.eps)
+        return F.group_norm(a, module.num_groups, w, b, module.eps)
     if not isinstance(mode, str):  # runs of rows, each in its own mode
-        parts = a.split([rows for _, rows in mode])
-        return torch.cat([xhat(module, part, name) for part, (name, _) in zip(parts, mode, strict=True)])
+        parts = zip(a.split([rows for _, rows in mode]), mode, strict=True)
+        return torch.cat([xhat(module, part, name, affine=affine) for part, (name, _) in parts])
     if mode == RUNNING:
-        rm, rv = module.running_mean, module.running_var
-        return (a - channel_view(rm, a)) * channel_view(torch.rsqrt(rv + module.eps), a)
+        return F.batch_norm(a, module.running_mean, module.running_var, w, b, False, 0.0, module.eps)
+    if mode == OWN and a.dim() > 2:  # each (input, channel) over its positions, as alone in train mode
+        return F.instance_norm(a, weight=w, bias=b, eps=module.eps)
     if mode == BATCH:
         mean, invstd = batch_stats(a, module.eps) if stats is None else stats
-        return (a - channel_view(mean, a)) * channel_view(invstd, a)
-    if a.dim() == 2:  # a vector alone: zero deviation from its own mean
-        return torch.zeros_like(a)
-    dims = tuple(range(2, a.dim()))
-    var, mean = torch.var_mean(a, dims, correction=0, keepdim=True)
-    return (a - mean) * torch.rsqrt(var + module.eps)
+        y = (a - channel_view(mean, a)) * channel_view(invstd, a)
+    else:  # a vector alone: zero deviation from its own mean
+        y = torch.zeros_like(a)
+    return y if w is None else y * channel_view(w, a) + channel_view(b, a)
 
 
 def fold(module: nn.Module, t: Tensor) -> Tensor:
@@ -82,10 +84,7 @@ def fold(module: nn.Module, t: Tensor) -> Tensor:
 
 def _observed_batch_norm(module: nn.Module, mode: Mode):  # noqa: ANN202
     def forward(a: Tensor) -> Tensor:
-        y = xhat(module, a, mode)
-        if module.weight is not None:
-            y = y * channel_view(module.weight, a) + channel_view(module.bias, a)
-        return y
+        return xhat(module, a, mode, affine=module.affine)
 
     return forward
 
