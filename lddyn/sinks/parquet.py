@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,10 +63,12 @@ class ParquetSink:
         return written
 
     def _write(self, table: str, frames: list[pd.DataFrame]) -> Path:
-        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        for col in frame.columns:
+        frame = _concat(frames)
+        for col in frame.columns:  # strings are stored as dictionaries (categoricals)
+            if not pd.api.types.is_string_dtype(frame[col]):
+                continue
             values = frame[col].dropna()
-            if pd.api.types.is_string_dtype(frame[col]) and len(values) and values.map(type).eq(str).all():
+            if len(values) and (frame[col].dtype != object or values.map(type).eq(str).all()):
                 frame[col] = frame[col].astype("category")
         arrow = pa.Table.from_pandas(frame, preserve_index=False)
         meta = {b"lddyn_schema_version": str(SCHEMA_VERSION).encode(), b"lddyn_table": table.encode()}
@@ -107,6 +110,21 @@ class ParquetSink:
                 _rewrite_until(path, step)
         self.buffers.clear()
         return removed
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames as one; a column categorical in every frame stays categorical, over the union of
+    the frames' categories (pandas turns it into Python objects when the categories differ)."""
+    if len(frames) == 1:
+        return frames[0]
+    union: dict[str, pd.Index] = {}
+    for col in set.intersection(*(set(f.columns) for f in frames)):
+        dtypes = [f[col].dtype for f in frames]
+        if all(isinstance(d, pd.CategoricalDtype) for d in dtypes) and len(set(dtypes)) > 1:
+            union[col] = pd.Index(np.concatenate([d.categories.to_numpy(object) for d in dtypes])).unique()
+    if union:
+        frames = [f.assign(**{c: f[c].cat.set_categories(cats) for c, cats in union.items()}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _rewrite_until(path: Path, step: int) -> None:
