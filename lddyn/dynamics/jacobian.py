@@ -208,29 +208,31 @@ class ObservationJacobian:
             blocks.update(generic_jacobians(model, plan.generic, params, state, x, mode, read))
         self.logits = logits  # (O, C) before the step
         self.o, self.c = logits.shape
-        self.dense: dict[str, Tensor] = {}  # name -> (O·C, numel)
-        self.factored: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (u (O, C, out), A (O, out, in·k²))
-        for name, b in blocks.items():
-            factors = _channel_factors(b) if isinstance(b, LazyJac) else None
-            if factors is not None:
-                self.factored[name] = factors
-            else:
-                self.dense[name] = (b.full() if isinstance(b, LazyJac) else b).reshape(self.o * self.c, -1)
+        lazy = {n: _channel_factors(b) if isinstance(b, LazyJac) else None for n, b in blocks.items()}
+        self.factored = {n: f for n, f in lazy.items() if f is not None}  # (u (O,C,out), A (O,out,in·k²))
+        full = {n: b.full() if isinstance(b, LazyJac) else b for n, b in blocks.items() if lazy[n] is None}
+        dense = {n: j.flatten(0, 1) for n, j in full.items()}  # (O·C, numel)
+        self.width = {n: j.shape[1] for n, j in dense.items()}
+        small = [n for n, w in self.width.items() if w < 4096]  # one product for all small blocks
+        self.dense = [([n], j) for n, j in dense.items() if n not in small]
+        self.dense += [(small, torch.cat([dense[n] for n in small], 1))] if small else []
 
     def apply(self, blocks: Sequence[dict[str, Tensor]]) -> Tensor:
         """J_o v for blocks of directions, each parameter -> (K_i, *shape) (absent = zero):
         (Σ K_i, O, C), the blocks' rows in order."""
         sizes = [next(iter(b.values())).shape[0] if b else 0 for b in blocks]
         out = self.logits.new_zeros(sum(sizes), self.o, self.c)
-        flat = out.view(len(out), -1)
+        flat, zero = out.view(len(out), -1), out.new_zeros(1, 1)
         for block, lo, k in zip(blocks, np.cumsum([0, *sizes[:-1]]), sizes, strict=True):
             rows = slice(int(lo), int(lo) + k)
-            for name, v in block.items():
-                if name in self.dense:  # (K, numel) x (numel, O·C), into contiguous rows
-                    flat[rows].addmm_(v.reshape(k, -1).to(flat), self.dense[name].T)
-                elif name in self.factored:
-                    u, a = self.factored[name]
-                    per_channel = torch.einsum("oxj,kxj->okx", a, v.reshape(k, a.shape[1], -1).to(a))
+            for names, jac in self.dense:  # (K, numel) x (numel, O·C), into contiguous rows
+                v = [block[n].reshape(k, -1) if n in block else zero.expand(k, self.width[n]) for n in names]
+                if any(n in block for n in names):
+                    flat[rows].addmm_((v[0] if len(v) == 1 else torch.cat(v, 1)).to(flat), jac.T)
+            for name, (u, a) in self.factored.items():
+                if name in block:
+                    v = block[name].reshape(k, a.shape[1], -1).to(a)
+                    per_channel = (a * v).sum(2)[:, None] if k == 1 else torch.einsum("oxj,kxj->okx", a, v)
                     out[rows] += torch.einsum("ocx,okx->koc", u, per_channel)
         return out
 

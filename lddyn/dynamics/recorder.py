@@ -280,15 +280,15 @@ class StepRecord:
         theta1 = {n: p.detach() for n, p in self.named.items()}
         if self._theta_opt is None:  # the optimiser never stepped: every change is the block's own
             self._theta_opt = self.theta0
-        extra = {POST_STEP: {n: theta1[n] - self._theta_opt[n] for n in theta1}}
-        blocks = [pieces]
+        extra, blocks = {POST_STEP: {n: theta1[n] - self._theta_opt[n] for n in theta1}}, [pieces]
         if self._parts is None:
             extra[STEP] = {n: self._theta_opt[n] - self.theta0[n] for n in theta1}
         else:
             blocks.append({n: g[:rows] for n, g in self._parts[GROUPS].items()})
             extra.update({k: self._parts[k] for k in (CARRY, WEIGHT_DECAY, DECOUPLED_WD)})
         extra = {k: v for k, v in extra.items() if any(bool(t.any()) for t in v.values())}
-        blocks += [{n: t[None] for n, t in v.items()} for v in extra.values()]
+        filled = [{n: v.get(n, 0 * t) for n, t in theta1.items()} for v in extra.values()]  # a row per part
+        blocks += [{n: torch.stack([f[n] for f in filled]) for n in theta1}] if extra else []
         parts = ([dict(m) for m in metas] if self._parts is not None else []) + [{"part": k} for k in extra]
         return blocks, metas, parts
 
