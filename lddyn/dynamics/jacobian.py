@@ -40,7 +40,7 @@ class PatchBuilder:
         m, n = site.module, a.shape[0]
         if isinstance(m, nn.Conv2d):
             p = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (n, K, S)
-            self.p = p.transpose(1, 2).contiguous()
+            self.p = p.transpose(1, 2)  # a view: GEMMs take it transposed
         else:
             self.p = a.reshape(n, -1, a.shape[-1]).contiguous()
         self.site, self.conv = site, isinstance(m, nn.Conv2d)
