@@ -142,14 +142,11 @@ def block_plan(n1: int, n2: int, bytes1: float, bytes2: float, budget: float) ->
     return (True, 1, 1) if best is None else best[1]
 
 
+Feats = Callable[[slice], Features]
+
+
 def blockwise(
-    n1: int,
-    n2: int,
-    feats1: Callable[[slice], Features],
-    feats2: Callable[[slice], Features],
-    combine: Callable[[Features, Features], Tensor],
-    plan: tuple[bool, int, int],
-    same: bool,
+    n1: int, n2: int, feats1: Feats, feats2: Feats, combine: Callable, plan: tuple[bool, int, int], same: bool
 ) -> Tensor:
     """Assemble the (n1, n2, ...) kernel block by block following ``block_plan``.
 
@@ -158,9 +155,7 @@ def blockwise(
     x1_outer, co, ci = plan
     no, ni = (n1, n2) if x1_outer else (n2, n1)
     f_outer, f_inner = (feats1, feats2) if x1_outer else (feats2, feats1)
-    keep = ci >= ni
-    kept = None
-    out = None
+    keep, kept, out = ci >= ni, None, None
     for i in range(0, no, co):
         so = slice(i, min(no, i + co))
         fo = f_outer(so)

@@ -89,7 +89,8 @@ def split_update(
 
     ``stacked[name]`` holds (K, *shape) gradient pieces summing to ``p.grad`` (the groups and the
     coupling); their part, GROUPS, is (K, *shape): −P ⊙ each piece. CARRY, WEIGHT_DECAY and
-    DECOUPLED_WD are (*shape). Parameters without a gradient are skipped, as the optimiser does.
+    DECOUPLED_WD are (*shape), absent where zero. Parameters without a gradient are skipped, as
+    the optimiser does.
     """
     ids = {id(p): n for n, p in named.items()}
     parts: dict[str, dict[str, Tensor]] = {GROUPS: {}, CARRY: {}, WEIGHT_DECAY: {}, DECOUPLED_WD: {}}
@@ -99,8 +100,11 @@ def split_update(
             if name is None or p.grad is None:
                 continue
             rule, theta = param_rule(optimizer, group, p, p.grad), p.detach()
-            parts[GROUPS][name] = -rule.sign * rule.precond * stacked[name]
-            parts[CARRY][name] = torch.zeros_like(theta) if rule.carry is None else rule.carry
-            parts[WEIGHT_DECAY][name] = -rule.precond * rule.wd * theta
-            parts[DECOUPLED_WD][name] = -rule.decoupled * theta
+            parts[GROUPS][name] = stacked[name] * (-rule.sign * rule.precond)
+            if rule.carry is not None:  # parts that are zero stay absent
+                parts[CARRY][name] = rule.carry
+            if rule.wd:
+                parts[WEIGHT_DECAY][name] = -rule.precond * rule.wd * theta
+            if rule.decoupled:
+                parts[DECOUPLED_WD][name] = -rule.decoupled * theta
     return parts
