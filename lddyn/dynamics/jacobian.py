@@ -243,13 +243,13 @@ RANK_ONE_ULPS = 64
 
 def _channel_factors(jac: LazyJac) -> tuple[Tensor, Tensor] | None:
     """(u, A) when g (O, C, out, S) = u ⊗ m per (observation, channel) to rounding, else None."""
-    g, patches = jac.g, jac.p  # (O, C, out, S), (O, S, in·k²)
-    o, c, units, positions = g.shape
-    pick = g.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
-    mode = g.gather(1, pick[..., None].expand(o, 1, units, positions))  # (O, 1, out, S)
-    norm = mode.square().sum(3)
-    u = (g * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
-    tol = RANK_ONE_ULPS * torch.finfo(g.dtype).eps * float(g.abs().max())
-    if float((g - u[..., None] * mode).abs().max()) > tol:
-        return None
-    return u, torch.bmm(mode[:, 0], patches)
+    tol = RANK_ONE_ULPS * torch.finfo(jac.g.dtype).eps * float(jac.g.abs().max())
+    for g in (jac.g[:1], jac.g):  # (O, C, out, S); the first observation alone rejects most layers
+        o, c, units, positions = g.shape
+        pick = g.square().sum(3).argmax(1, keepdim=True)  # per (observation, channel) the largest class
+        mode = g.gather(1, pick[..., None].expand(o, 1, units, positions))  # (O, 1, out, S)
+        norm = mode.square().sum(3)
+        u = (g * mode).sum(3) / torch.where(norm > 0, norm, torch.ones_like(norm))
+        if float((g - u[..., None] * mode).abs().max()) > tol:
+            return None
+    return u, torch.bmm(mode[:, 0], jac.p)  # patches (O, S, in·k²)
