@@ -22,10 +22,11 @@ apply (the policy is printed).
 
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
     python bench/bench_recorder.py --breakdown [--steps 30]     # where a recorded step's time goes
+    python bench/bench_recorder.py --setting reference --breakdown [--steps 3]
     python bench/bench_recorder.py --setting reference [--steps 5] [--device cuda]
 
-``--breakdown`` times the recorder's phases inside recorded digits steps (one thread, CPU time of
-this process), next to an unrecorded step: the J_o of the observations (one forward and C
+``--breakdown`` times the recorder's phases inside recorded steps of the setting (one thread, CPU
+time of this process), next to an unrecorded step: the J_o of the observations (one forward and C
 backwards, then the layer blocks), the decoupled group gradients (the extra backward and the
 per-layer sums), the update split, the products with J_o, the measuring forwards and the rows.
 """
@@ -43,8 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from lddyn.config import load_config
-from lddyn.dynamics import ObservationSet, Recorder, groups, jacobian, recorder
+from lddyn.dynamics import ObservationSet, Recorder, contract, groups, jacobian, recorder
 from lddyn.models import build_model
+from lddyn.sinks.parquet import ParquetSink
 from lddyn.train.callbacks.dynamics import DynamicsRecorder
 from lddyn.train.run import build_callbacks
 from lddyn.train.trainer import Trainer
@@ -85,17 +87,21 @@ def digits_steps_per_second(
 
 PHASES = {  # label -> (module, attribute) of a recorder phase
     "J_o: forward and C backwards": (jacobian, "site_blocks"),
+    "J_o: dense blocks formed": (contract.LazyJac, "full"),
+    "J_o: per-channel factor tests": (jacobian, "_channel_factors"),
     "J_o: all of it": (recorder, "ObservationJacobian"),
+    "groups: per-group weight gradients": (groups, "_per_group_weight"),
     "groups: per-layer sums": (groups, "_layer_sums"),
     "groups: all of it (extra backward included)": (recorder, "decoupled_sums"),
     "update split": (recorder, "split_update"),
     "products with J_o": (jacobian.ObservationJacobian, "apply"),
     "measuring forwards": (recorder, "observed_logits"),
     "rows (tidy frame)": (recorder.tidy, "step_frame"),
+    "rows written to parquet (digits; pyarrow's threads included)": (ParquetSink, "flush"),
 }
 
 
-def breakdown(steps: int) -> None:
+def breakdown(steps: int, setting: str) -> None:
     """CPU ms per recorded step of each phase (nested phases are part of their parent's time)."""
     torch.set_num_threads(1)
     spent: dict[str, float] = collections.defaultdict(float)
@@ -112,9 +118,15 @@ def breakdown(steps: int) -> None:
         setattr(owner, name, functools.wraps(original)(timed))
     per_step = {}
     for name, overrides in (("unrecorded", CASES["unrecorded"]), ("recorded", CASES["recorded every step"])):
-        rate = digits_steps_per_second([*overrides, "train.threads=1"], steps, time.process_time, spent.clear)
+        clock, warm = time.process_time, spent.clear
+        if setting == "digits":
+            rate = digits_steps_per_second([*overrides, "train.threads=1"], steps, clock, warm)
+        else:
+            rate = reference_steps_per_second(name == "recorded", steps, "cpu", clock, warm)
         per_step[name] = 1 / rate
-    print(f"digits-dytrim, {steps} timed steps after 10 warm-up steps, one thread, CPU ms per step\n")
+    what = "digits-dytrim" if setting == "digits" else "WRN-28-2, 32 + 2 x 64 images"
+    warm = 10 if setting == "digits" else 2
+    print(f"{what}, {steps} timed steps after {warm} warm-up steps, one thread, CPU ms per step\n")
     print("| part | ms / step | x unrecorded step |\n|---|---|---|")
     base = per_step["unrecorded"]
     for label, value in [("unrecorded step", base), ("recorded step", per_step["recorded"])] + [
@@ -123,7 +135,13 @@ def breakdown(steps: int) -> None:
         print(f"| {label} | {1000 * value:.1f} | {value / base:.2f} |")
 
 
-def reference_steps_per_second(recorded: bool, steps: int, device: str) -> float:
+def reference_steps_per_second(
+    recorded: bool,
+    steps: int,
+    device: str,
+    clock=time.perf_counter,
+    warm=lambda: None,  # noqa: ANN001
+) -> float:
     """WRN-28-2 under Adam in a plain loop; the Recorder at every step when ``recorded``."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -152,7 +170,7 @@ def reference_steps_per_second(recorded: bool, steps: int, device: str) -> float
 
     def timed(n: int) -> float:
         nonlocal block
-        start = time.perf_counter()
+        start = clock()
         for _ in range(n):
             block = rec.step().__enter__() if rec is not None else None
             step()
@@ -161,10 +179,11 @@ def reference_steps_per_second(recorded: bool, steps: int, device: str) -> float
                 block.rows()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
 
     block = None
     timed(2)  # warm-up
+    warm()
     return steps / timed(steps)
 
 
@@ -186,10 +205,10 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="reference setting: cpu | cuda")
-    parser.add_argument("--breakdown", action="store_true", help="time the recorder's phases (digits)")
+    parser.add_argument("--breakdown", action="store_true", help="time the recorder's phases")
     args = parser.parse_args()
     if args.breakdown:
-        breakdown(args.steps or 30)
+        breakdown(args.steps or (30 if args.setting == "digits" else 3), args.setting)
         return
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     env = (
