@@ -246,3 +246,12 @@ def test_a_step_without_optimizer_step_records_the_change_the_block_made() -> No
     assert set(rows[rows.quantity == "update_logp"].part) == {"post_step"}
     r = s.results["test"]
     assert float(r["residual"][0].abs().max()) < 0.01 * float(r["measured"][0].abs().max())
+
+
+def test_the_dynamics_package_stays_under_2000_lines() -> None:
+    """A recorded value must stay followable through a handful of small files (issue 13)."""
+    import lddyn.dynamics
+
+    folder = Path(lddyn.dynamics.__file__).parent
+    lines = sum(len(p.read_text().splitlines()) for p in folder.glob("*.py"))
+    assert lines < 2000, f"lddyn/dynamics/ has {lines} lines"

@@ -287,7 +287,8 @@ class StepRecord:
             blocks.append({n: g[:rows] for n, g in self._parts[GROUPS].items()})
             extra.update({k: self._parts[k] for k in (CARRY, WEIGHT_DECAY, DECOUPLED_WD)})
         extra = {k: v for k, v in extra.items() if any(bool(t.any()) for t in v.values())}
-        filled = [{n: v.get(n, 0 * t) for n, t in theta1.items()} for v in extra.values()]  # a row per part
+        zero = {n: torch.zeros_like(t) for n, t in theta1.items()}
+        filled = [{**zero, **v} for v in extra.values()]  # a row per part, absent parameters zero
         blocks += [{n: torch.stack([f[n] for f in filled]) for n in theta1}] if extra else []
         parts = ([dict(m) for m in metas] if self._parts is not None else []) + [{"part": k} for k in extra]
         return blocks, metas, parts
