@@ -23,7 +23,11 @@ apply (the policy is printed).
     python bench/bench_recorder.py [--steps 100] [--repeats 3]
     python bench/bench_recorder.py --breakdown [--steps 30]     # where a recorded step's time goes
     python bench/bench_recorder.py --setting reference --breakdown [--steps 3]
+    python bench/bench_recorder.py --per-step [--steps 200]     # recorded and other steps, one by one
     python bench/bench_recorder.py --setting reference [--steps 5] [--device cuda]
+
+``--per-step`` times every step of one run per schedule alone and prints the medians of recorded
+and other steps: the default schedule's cost without the noise of a difference of two run times.
 
 ``--breakdown`` times the recorder's phases inside recorded steps of the setting (one thread, CPU
 time of this process), next to an unrecorded step: the J_o of the observations (one forward and C
@@ -37,6 +41,7 @@ import argparse
 import collections
 import functools
 import os
+import statistics
 import tempfile
 import time
 
@@ -47,7 +52,7 @@ from lddyn.config import load_config
 from lddyn.dynamics import ObservationSet, Recorder, contract, groups, jacobian, recorder
 from lddyn.models import build_model
 from lddyn.sinks.parquet import ParquetSink
-from lddyn.train.callbacks.dynamics import DynamicsRecorder
+from lddyn.train.callbacks.dynamics import DynamicsRecorder, is_recorded
 from lddyn.train.run import build_callbacks
 from lddyn.train.trainer import Trainer
 
@@ -83,6 +88,39 @@ def digits_steps_per_second(
         while not trainer.finished:
             trainer.dispatch("step_end", *trainer.train_step())
         return (trainer.state.step - 10) / (clock() - start)
+
+
+def step_times(overrides: list[str], steps: int) -> tuple[list[float], list[bool]]:
+    """Wall ms of each step after 10 warm-up steps, and whether the recorder recorded it."""
+    schedule = [f"train.steps={steps + 10}", "train.checkpoint_every=100000"]
+    cfg = load_config("digits-dytrim", [*schedule, *overrides])
+    callbacks = build_callbacks(cfg, progress=False)
+    times, recorded = [], []
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir, callbacks)
+        dyn = next((c for c in callbacks if isinstance(c, DynamicsRecorder)), None)
+        if dyn is not None:
+            dyn.console.quiet = True
+        trainer.dispatch("train_start")
+        while not trainer.finished:
+            start = time.perf_counter()
+            trainer.dispatch("step_end", *trainer.train_step())
+            if trainer.state.step > 10 and not trainer.finished:  # the last step flushes and saves
+                times.append(1000 * (time.perf_counter() - start))
+                recorded.append(dyn is not None and is_recorded(dyn.cfg, trainer.state.step))
+    return times, recorded
+
+
+def per_step(steps: int) -> None:
+    """Median wall ms of recorded and unrecorded steps, each schedule in one run."""
+    print(f"digits-dytrim, {steps} steps after 10 warm-up steps, torch threads {torch.get_num_threads()}\n")
+    print("| run | median ms, recorded steps | median ms, other steps |\n|---|---|---|")
+    for name in ("unrecorded", "recorded every step", "default schedule (every 10)"):
+        times, rec = step_times(CASES[name], steps)
+        on = [t for t, r in zip(times, rec, strict=True) if r]
+        off = [t for t, r in zip(times, rec, strict=True) if not r]
+        cell = [f"{statistics.median(v):.1f}" if v else "" for v in (on, off)]
+        print(f"| {name} | {cell[0]} | {cell[1]} |")
 
 
 PHASES = {  # label -> (module, attribute) of a recorder phase
@@ -206,7 +244,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="reference setting: cpu | cuda")
     parser.add_argument("--breakdown", action="store_true", help="time the recorder's phases")
+    parser.add_argument("--per-step", action="store_true", help="digits: each step timed alone")
     args = parser.parse_args()
+    if args.per_step:
+        per_step(args.steps or 200)
+        return
     if args.breakdown:
         breakdown(args.steps or (30 if args.setting == "digits" else 3), args.setting)
         return
