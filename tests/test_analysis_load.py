@@ -49,3 +49,20 @@ def test_unreadable_part_is_named_and_the_rest_loads(tmp_path: Path) -> None:
 def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no lddyn run directory"):
         find_runs(str(tmp_path / "nothing*"))
+
+
+def test_categorical_columns_whose_categories_differ_between_steps_keep_their_values(tmp_path: Path) -> None:
+    """One flush of steps whose categorical columns have different categories (a term present in
+    one step only): every value comes back, stored as a dictionary column, not Python objects."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    sink = ParquetSink(tmp_path)
+    steps = {1: ["sup", "unsup", "sup"], 2: ["bn_coupling", "sup"], 3: ["unsup"]}
+    for step, terms in steps.items():
+        frame = pd.DataFrame({"step": step, "term": pd.Categorical(terms), "value": range(len(terms))})
+        sink.add_columns("dynamics", frame)
+    (path,) = sink.flush()
+    column = pq.read_table(path).column("term")
+    assert str(column.type).startswith("dictionary")
+    assert column.to_pylist() == [t for terms in steps.values() for t in terms]
