@@ -310,8 +310,8 @@ class StepRecord:
         drift = torch.zeros_like(logp1)
         running = torch.cat([torch.full((len(s.x),), s.norm == RUNNING) for s in sets]).to(drift.device)
         if running.any():  # the buffers' share of the change: at θ1, buffers after against before
-            at_b0 = F.log_softmax(observed_logits(model, sets, None, self.state0, read), -1)
-            drift[running] = (logp1 - at_b0)[running]
+            at_b0 = observed_logits(model, [s for s in sets if s.norm == RUNNING], None, self.state0, read)
+            drift[running] = logp1[running] - F.log_softmax(at_b0, -1)  # rows of the running sets, in order
         measured = logp1 - logp0
         blocks, empty, start = [], [{}], 0
         for s, ids in zip(sets, self.rec.obs_ids, strict=True):
