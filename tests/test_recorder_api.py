@@ -26,16 +26,28 @@ def sets_for(model: nn.Module) -> list[ObservationSet]:
     ]
 
 
-def one_step(rec: Recorder, model: nn.Module, opt, step: Step, scale: float = 1.0, extra: float = 0.0):  # noqa: ANN001, ANN201
+def one_step(  # noqa: ANN201
+    rec: Recorder,
+    model: nn.Module,
+    opt,  # noqa: ANN001
+    step: Step,
+    scale: float = 1.0,
+    extra: float = 0.0,
+    update=None,  # noqa: ANN001
+    keep: list | None = None,
+):
     """A user's step; the registered sup losses are ``scale`` times the ones back-propagated and the
-    loss gets an unregistered ``extra`` · ‖head.weight‖²."""
+    loss gets an unregistered ``extra`` · ‖head.weight‖². ``update`` replaces ``opt.step()``;
+    ``keep`` receives the step's logits and losses, as a trainer keeping its terms would."""
     with rec.step() as s:
         z_lb, l_lb, z_ulb, l_ulb = step.losses(model)
         s.term("sup", logits=z_lb, losses=l_lb * scale, source_class=step.y)
         s.term("unsup", logits=z_ulb, losses=l_ulb, source_class=step.pseudo)
         opt.zero_grad()
         (l_lb.sum() + l_ulb.sum() + extra * model.head.weight.square().sum()).backward()
-        opt.step()
+        (update or opt.step)()
+    if keep is not None:
+        keep += [z_lb, l_lb, z_ulb, l_ulb]
     return s
 
 
@@ -210,16 +222,9 @@ def test_a_finished_step_leaves_nothing_on_tensors_that_outlive_it() -> None:
     model = dynref.cnn(smooth=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rec, step = Recorder(model, opt, sets_for(model)), Step(dynref.shape_of(model))
-    kept = []
+    kept: list = []  # the caller's tensors live on
     for _ in range(2):
-        with rec.step() as s:
-            z_lb, l_lb, z_ulb, l_ulb = step.losses(model)
-            s.term("sup", logits=z_lb, losses=l_lb)
-            s.term("unsup", logits=z_ulb, losses=l_ulb)
-            opt.zero_grad()
-            (l_lb.sum() + l_ulb.sum()).backward()
-            opt.step()
-        kept += [z_lb, l_lb, z_ulb, l_ulb]  # the caller's tensors live on
+        s = one_step(rec, model, opt, step, keep=kept)
         ref = weakref.ref(s)
         del s
     gc.collect()
@@ -233,15 +238,13 @@ def test_a_step_without_optimizer_step_records_the_change_the_block_made() -> No
     model = dynref.mlp("layer")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     rec, step = Recorder(model, opt, sets_for(model)), Step((1, 4, 4))
-    with rec.step() as s:
-        z_lb, l_lb, z_ulb, l_ulb = step.losses(model)
-        s.term("sup", logits=z_lb, losses=l_lb)
-        s.term("unsup", logits=z_ulb, losses=l_ulb)
-        opt.zero_grad()
-        (l_lb.sum() + l_ulb.sum()).backward()
-        with torch.no_grad():
-            for p in model.parameters():
-                p -= 1e-3 * p.grad
+
+    @torch.no_grad()
+    def by_hand() -> None:
+        for p in model.parameters():
+            p -= 1e-3 * p.grad
+
+    s = one_step(rec, model, opt, step, update=by_hand)
     rows = s.rows()
     assert set(rows[rows.quantity == "update_logp"].part) == {"post_step"}
     r = s.results["test"]
